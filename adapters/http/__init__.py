@@ -1,0 +1,1 @@
+"""One module per system: documented HTTP endpoint -> bus request -> documented reply."""

@@ -1,0 +1,141 @@
+"""The shared aiohttp runner: one site per documented port, request ids, bounded bodies, error shapes.
+
+A system's adapter module describes its `Site`s; the runner serves them all. Each site names the
+NATS role its requests travel as (`adapter` for external ports, `gateway` for internal ports, which
+also demand the internal credential) and how its API renders an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from bus import log
+from bus.credentials import ensure_secret_file
+from bus.errors import BusError, TooLarge, Unauthorized
+from bus.requester import Requester
+
+ErrorRenderer = Callable[[int, str], web.Response]
+REQUEST_ID_HEADER = "X-Request-Id"
+INTERNAL_TOKEN_FILE = "internal.token"
+DEFAULT_BODY_LIMIT = 1024 * 1024
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_log = log.get_logger("adapters.http")
+
+
+@dataclass
+class Site:
+    """One listening port of one system."""
+
+    name: str
+    port: int
+    role: str
+    routes: Callable[["SiteContext"], list[web.RouteDef]]
+    render_error: ErrorRenderer
+    body_limit: int = DEFAULT_BODY_LIMIT
+    internal: bool = False
+
+
+@dataclass
+class SiteContext:
+    """What a site's handlers use: the bus, and the internal credential check when it is internal."""
+
+    requester: Requester
+    site: Site
+    token_digest: bytes | None = None
+
+    def authorize(self, request: web.Request) -> None:
+        """Demand `Authorization: Bearer <data-dir>/internal.token`, compared in constant time."""
+        if self.token_digest is None:
+            return
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        digest = hashlib.sha256(presented.strip().encode()).digest()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(digest, self.token_digest):
+            raise Unauthorized("this is an internal endpoint: send `Authorization: Bearer <token>` "
+                               "with the token from <data-dir>/internal.token")
+
+    async def body(self, request: web.Request) -> bytes:
+        """The request body, refused with 413 beyond the site's limit (checked before reading)."""
+        limit = self.site.body_limit
+        if request.content_length is not None and request.content_length > limit:
+            raise TooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes")
+        chunks, size = [], 0
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def internal_token_digest(data_dir: Path) -> bytes:
+    """SHA-256 of the internal credential (created on first start); only the digest stays in memory."""
+    token = ensure_secret_file(data_dir / INTERNAL_TOKEN_FILE)
+    return hashlib.sha256(token.encode()).digest()
+
+
+def _middleware(site: Site) -> Callable:
+    @web.middleware
+    async def request_context(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                              ) -> web.StreamResponse:
+        offered = request.headers.get(REQUEST_ID_HEADER, "")
+        request_id = offered if _REQUEST_ID.match(offered) else log.new_request_id()
+        log.bind_request(request_id, site=site.name, method=request.method, path=request.path)
+        try:
+            response = await handler(request)
+        except BusError as exc:
+            level = _log.warning if exc.status >= 500 else _log.info
+            level("request failed", status=exc.status, error=exc.message)
+            response = site.render_error(exc.status, exc.message)
+        except web.HTTPException as exc:
+            response = site.render_error(exc.status, f"{exc.reason}: {request.method} {request.path}")
+        except Exception:
+            _log.exception("adapter failed")
+            response = site.render_error(500, f"internal error (request id {request_id})")
+        response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+
+    return request_context
+
+
+def build_app(site: Site, requester: Requester, data_dir: Path) -> web.Application:
+    context = SiteContext(requester, site, internal_token_digest(data_dir) if site.internal else None)
+    app = web.Application(middlewares=[_middleware(site)], client_max_size=site.body_limit)
+    app.add_routes(site.routes(context))
+    return app
+
+
+@dataclass
+class HttpServer:
+    """Serves a set of sites on `host`; `start` fails clearly when a port is taken."""
+
+    host: str
+    data_dir: Path
+    _runners: list[web.AppRunner] = field(default_factory=list)
+    bound: dict[str, str] = field(default_factory=dict)
+
+    async def start(self, sites: list[Site], requesters: dict[str, Requester]) -> None:
+        for site in sites:
+            runner = web.AppRunner(build_app(site, requesters[site.role], self.data_dir), access_log=None,
+                                   handle_signals=False)
+            await runner.setup()
+            try:
+                await web.TCPSite(runner, self.host, site.port, backlog=1024).start()
+            except OSError as exc:
+                await runner.cleanup()
+                await self.stop()
+                raise OSError(f"cannot listen on {self.host}:{site.port} for {site.name}: {exc.strerror}; "
+                              f"free the port or move the site with --port {site.name}=PORT") from None
+            self._runners.append(runner)
+            self.bound[site.name] = f"http://{self.host}:{site.port}"
+
+    async def stop(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()

@@ -1,0 +1,197 @@
+"""The component base: a nats.micro service whose handlers take decoded payloads and raise BusErrors.
+
+A component lists its endpoints; the base registers them in one queue group (so replicas share the
+load and `$SRV.PING|INFO|STATS` discovery works), decodes payloads by Content-Type, fetches large
+ones from the Object Store, runs handlers concurrently up to `max_in_flight`, and turns exceptions
+into `Nats-Service-Error-Code` / `Nats-Service-Error` replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from nats import micro
+from nats.aio.client import Client
+from nats.micro.request import Request
+from nats.micro.service import EndpointStats, Service
+
+from bus import codec, headers, log
+from bus.errors import BusError
+from bus.events import Events
+from bus.payloads import Payloads
+from bus.requester import Requester
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One decoded request as a handler sees it."""
+
+    subject: str
+    payload: Any
+    content_type: str
+    headers: dict[str, str]
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """Return this from a handler to choose the reply's content type explicitly."""
+
+    payload: Any
+    content_type: str = headers.JSON
+
+
+Handler = Callable[[Incoming], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    subject: str
+    handler: Handler
+
+
+@dataclass
+class Context:
+    """What every component gets from whoever runs it (launcher, `teebus run`, a test)."""
+
+    client: Client
+    data_dir: Path
+
+
+@dataclass
+class _Counters:
+    served: int = 0
+    errors: int = 0
+    in_flight: int = 0
+    busy_ns: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        average = self.busy_ns / self.served / 1e6 if self.served else 0.0
+        return {"served": self.served, "errors": self.errors, "in_flight": self.in_flight,
+                "average_ms": round(average, 3)}
+
+
+class Component:
+    """Subclass, set `system`/`name`, implement `endpoints()` (and `setup()` for state)."""
+
+    system: str = ""
+    name: str = ""
+    version: str = "0.1.0"
+    description: str = ""
+    queue_group: str = "q"
+    max_in_flight: int = 256
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.client = context.client
+        self.requester = Requester(context.client)
+        self.payloads = self.requester.payloads
+        self.events = Events(context.client, self.system)
+        self.log = log.get_logger(self.service_name)
+        self._service: Service | None = None
+        self._slots = asyncio.Semaphore(self.max_in_flight)
+        self._tasks: set[asyncio.Task] = set()
+        self._counters: dict[str, _Counters] = {}
+
+    @property
+    def service_name(self) -> str:
+        """The micro service name, e.g. `mesatee-kms` (micro names allow no dots)."""
+        return f"{self.system}-{self.name}"
+
+    def endpoints(self) -> list[Endpoint]:
+        raise NotImplementedError
+
+    async def setup(self) -> None:
+        """Open buckets, load keys: anything needed before the first request."""
+
+    async def start(self) -> None:
+        await self.setup()
+        self._service = await micro.add_service(
+            self.client, name=self.service_name, version=self.version,
+            description=self.description or self.service_name, queue_group=self.queue_group,
+            stats_handler=self._endpoint_stats)
+        for endpoint in self.endpoints():
+            self._counters[endpoint.name] = _Counters()
+            await self._service.add_endpoint(name=endpoint.name, subject=endpoint.subject,
+                                             handler=self._dispatcher(endpoint))
+        await self.client.flush()
+        self.log.info("component started", service=self.service_name, id=self._service.id,
+                      endpoints=[e.subject for e in self.endpoints()])
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking requests, then let the ones in flight finish (bounded by `grace`)."""
+        if self._service is not None:
+            await self._service.stop()
+            self._service = None
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=grace)
+        self.log.info("component stopped", service=self.service_name)
+
+    def _endpoint_stats(self, stats: EndpointStats) -> dict[str, Any]:
+        counters = self._counters.get(stats.name)
+        return counters.as_dict() if counters else {}
+
+    def _dispatcher(self, endpoint: Endpoint) -> Callable[[Request], Awaitable[None]]:
+        counters = self._counters[endpoint.name]
+
+        async def dispatch(request: Request) -> None:
+            await self._slots.acquire()  # back-pressure: the subscription waits when we are full
+            counters.in_flight += 1
+            task = asyncio.create_task(self._serve(endpoint, request, counters))
+            self._tasks.add(task)
+            task.add_done_callback(self._finished)
+
+        return dispatch
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _serve(self, endpoint: Endpoint, request: Request, counters: _Counters) -> None:
+        started = time.perf_counter_ns()
+        hdrs = dict(request.headers or {})
+        request_id = hdrs.get(headers.REQUEST_ID) or log.new_request_id()
+        log.bind_request(request_id, service=self.service_name, endpoint=endpoint.name)
+        try:
+            await self._respond(request, await self._handle(endpoint, request, hdrs, request_id), request_id)
+        except BusError as exc:
+            counters.errors += 1
+            self.log.info("request refused", status=exc.status, error=exc.message)
+            await self._respond_error(request, exc.status, exc.message, request_id)
+        except Exception:
+            counters.errors += 1
+            self.log.exception("handler failed")
+            await self._respond_error(request, 500, f"{self.service_name} failed on this request "
+                                      f"(request id {request_id}); its log has the details", request_id)
+        finally:
+            counters.in_flight -= 1
+            counters.served += 1
+            counters.busy_ns += time.perf_counter_ns() - started
+
+    async def _handle(self, endpoint: Endpoint, request: Request, hdrs: dict[str, str],
+                      request_id: str) -> Outgoing:
+        content_type = codec.content_type_of(hdrs)
+        body = await self.payloads.unpack(request.data, hdrs)
+        incoming = Incoming(request.subject, codec.decode(body, content_type), content_type, hdrs, request_id)
+        result = await endpoint.handler(incoming)
+        if isinstance(result, Outgoing):
+            return result
+        return Outgoing(result, headers.JSON if content_type == headers.OCTETS else content_type)
+
+    async def _respond(self, request: Request, outgoing: Outgoing, request_id: str) -> None:
+        reply_headers = {headers.CONTENT_TYPE: outgoing.content_type, headers.REQUEST_ID: request_id}
+        data = await self.payloads.pack(codec.encode(outgoing.payload, outgoing.content_type), reply_headers)
+        await request.respond(data, headers=reply_headers)
+
+    @staticmethod
+    async def _respond_error(request: Request, status: int, message: str, request_id: str) -> None:
+        one_line = " ".join(message.split())[:2048]  # header values cannot carry newlines
+        try:
+            await request.respond_error(str(status), one_line, headers={headers.REQUEST_ID: request_id})
+        except Exception:  # the requester is gone; nothing left to tell
+            pass

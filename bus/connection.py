@@ -1,0 +1,63 @@
+"""Connecting to the bus as a role, with the credentials from the data directory."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import nats
+from nats.aio.client import Client
+from nats.errors import AuthorizationError
+
+from bus import credentials, log
+
+_log = log.get_logger("bus.connection")
+FIRST_CONNECT_TIMEOUT = 10.0
+
+
+class BusConnectError(ConnectionError):
+    """The first connection failed; the message says why (refused, wrong credentials, ...)."""
+
+
+def role_url(url: str, role: str, passwords: dict[str, str]) -> str:
+    """Put the role's user and password into `url`, unless the URL already carries credentials."""
+    parts = urlsplit(url)
+    if parts.username or role not in passwords:
+        return url
+    netloc = f"{role}:{passwords[role]}@{parts.hostname}:{parts.port or 4222}"
+    return urlunsplit((parts.scheme or "nats", netloc, parts.path, "", ""))
+
+
+def _display(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or 4222}"
+
+
+async def connect(url: str, role: str, data_dir: Path | None = None, name: str | None = None,
+                  passwords: dict[str, str] | None = None, **options) -> Client:
+    """A NATS connection as `role`: fails fast and clearly at first, then reconnects forever."""
+    if passwords is None and data_dir is not None:
+        passwords = credentials.load(data_dir)
+    connected = False
+    last_error: list[BaseException] = []
+
+    async def on_error(exc: Exception) -> None:
+        if not connected:
+            last_error[:] = [exc]
+            if isinstance(exc, AuthorizationError) or "Authorization" in str(exc):
+                raise BusConnectError(f"{_display(url)} refused role {role!r}: wrong credentials")
+            return
+        _log.warning("nats connection error", client=name, error=str(exc))
+
+    settings = dict(name=name or f"teebus-{role}", connect_timeout=2, max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.25, error_cb=on_error)
+    settings.update(options)
+    try:
+        client = await asyncio.wait_for(nats.connect(role_url(url, role, passwords or {}), **settings),
+                                        FIRST_CONNECT_TIMEOUT)
+    except asyncio.TimeoutError:
+        reason = last_error[0] if last_error else "no answer"
+        raise BusConnectError(f"cannot reach NATS at {_display(url)} as {role!r}: {reason}") from None
+    connected = True
+    return client

@@ -1,0 +1,68 @@
+"""Per-role NATS secrets: generated once into the data directory, never committed or logged.
+
+`nats.conf` names one user per role and reads each password from `$TEEBUS_NATS_<ROLE>`; the server
+gets bcrypt hashes there, clients read the plaintext from `<data-dir>/nats.credentials` (0600).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import bcrypt
+import orjson
+
+ROLES = ("component", "adapter", "gateway", "observer", "admin")
+FILE_NAME = "nats.credentials"
+_BCRYPT_COST = 10
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret file atomically with mode 0600 (no window where it is readable by others)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def ensure_secret_file(path: Path, nbytes: int = 32) -> str:
+    """Return the hex secret stored at `path`, creating it on first use."""
+    if not path.exists():
+        write_private(path, secrets.token_hex(nbytes).encode())
+    return path.read_text().strip()
+
+
+def ensure(data_dir: Path) -> dict[str, str]:
+    """Load the role passwords, generating any that are missing."""
+    path = data_dir / FILE_NAME
+    current: dict[str, str] = orjson.loads(path.read_bytes()) if path.exists() else {}
+    missing = [role for role in ROLES if role not in current]
+    if missing:
+        for role in missing:
+            current[role] = secrets.token_urlsafe(32)
+        write_private(path, orjson.dumps(current, option=orjson.OPT_INDENT_2))
+    return current
+
+
+def load(data_dir: Path) -> dict[str, str]:
+    """Read existing credentials; a clear error if `teebus up` never ran on this data directory."""
+    path = data_dir / FILE_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: start `teebus up --data-dir {data_dir}` once, "
+                                "or copy the credentials file of the deployment you join")
+    return orjson.loads(path.read_bytes())
+
+
+def server_environment(passwords: dict[str, str]) -> dict[str, str]:
+    """Environment for nats-server: bcrypt hashes, quoted so the config parser takes them literally."""
+    env = {}
+    for role, password in passwords.items():
+        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(_BCRYPT_COST)).decode()
+        env[f"TEEBUS_NATS_{role.upper()}"] = f'"{hashed}"'
+    return env

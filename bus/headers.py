@@ -1,0 +1,12 @@
+"""Header names shared by every hop on the bus."""
+
+CONTENT_TYPE = "Content-Type"
+REQUEST_ID = "Teebus-Request-Id"
+# Set when the body travelled through the Object Store: the object's name (bus/payloads.py).
+PAYLOAD_REF = "Teebus-Payload-Ref"
+ERROR = "Nats-Service-Error"
+ERROR_CODE = "Nats-Service-Error-Code"
+
+JSON = "application/json"
+CBOR = "application/cbor"
+OCTETS = "application/octet-stream"

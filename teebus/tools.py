@@ -1,0 +1,157 @@
+"""Operator tools: `teebus status`, `teebus bus sub|req`, `teebus events` (the nats CLI's jobs)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from datetime import datetime, timedelta, timezone
+from typing import Any, TextIO
+
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from bus import codec, events, headers
+from bus.errors import BusError
+from bus.requester import Requester
+from teebus.diagnostic import diagnostic
+
+DISCOVERY_WAIT = 0.5
+
+
+def render_payload(data: bytes, hdrs: dict[str, str] | None) -> str:
+    """JSON as sent, CBOR in diagnostic notation, anything else as length and hex preview."""
+    content_type = codec.content_type_of(hdrs)
+    if hdrs and headers.PAYLOAD_REF in hdrs:
+        return f"<{content_type} in object store: {hdrs[headers.PAYLOAD_REF]}>"
+    try:
+        if content_type == headers.CBOR:
+            return diagnostic(codec.decode(data, headers.CBOR))
+        if content_type == headers.JSON:
+            return data.decode() if data else ""
+    except (BusError, UnicodeDecodeError):
+        pass
+    preview = data[:64].hex()
+    return f"<{len(data)} bytes{': ' + preview if data else ''}{'...' if len(data) > 64 else ''}>"
+
+
+def format_message(msg: Msg) -> str:
+    hdrs = msg.headers or {}
+    shown = " ".join(f"{k}={v}" for k, v in hdrs.items() if k != headers.CONTENT_TYPE)
+    return f"[{msg.subject}]{' ' + shown if shown else ''}\n{render_payload(msg.data, hdrs)}"
+
+
+async def gather(client: Client, subject: str, wait: float = DISCOVERY_WAIT) -> list[dict[str, Any]]:
+    """Publish one request and collect every answer that arrives within `wait` seconds."""
+    inbox = client.new_inbox()
+    answers: list[dict[str, Any]] = []
+
+    async def collect(msg: Msg) -> None:
+        answers.append(orjson.loads(msg.data))
+
+    sub = await client.subscribe(inbox, cb=collect)
+    await client.publish(subject, b"", reply=inbox)
+    await asyncio.sleep(wait)
+    await sub.unsubscribe()
+    return answers
+
+
+async def status(client: Client, out: TextIO = sys.stdout) -> list[dict[str, Any]]:
+    """Print live services, replicas and per-endpoint stats; return the raw stats."""
+    stats = await gather(client, "$SRV.STATS")
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for entry in stats:
+        by_name.setdefault(entry["name"], []).append(entry)
+    if not by_name:
+        print("no services answer on this bus", file=out)
+    for name in sorted(by_name):
+        replicas = by_name[name]
+        print(f"{name} {replicas[0]['version']}  replicas: {len(replicas)}", file=out)
+        for replica in replicas:
+            print(f"  {replica['id']}  since {replica.get('started', '?')}", file=out)
+            for endpoint in replica.get("endpoints") or []:
+                data = endpoint.get("data") or {}
+                print(f"    {endpoint['subject']:<40} requests {endpoint['num_requests']:>7}  "
+                      f"errors {endpoint['num_errors'] + data.get('errors', 0):>5}  "
+                      f"avg {data.get('average_ms', 0):.3f} ms", file=out)
+    return stats
+
+
+async def subscribe(client: Client, subject: str, count: int | None = None, out: TextIO = sys.stdout) -> None:
+    """Print every message on `subject` (wildcards allowed) until interrupted or `count` seen."""
+    done = asyncio.Event()
+    seen = 0
+
+    async def show(msg: Msg) -> None:
+        nonlocal seen
+        print(format_message(msg), file=out, flush=True)
+        seen += 1
+        if count and seen >= count:
+            done.set()
+
+    sub = await client.subscribe(subject, cb=show)
+    try:
+        await done.wait()
+    finally:
+        await sub.unsubscribe()
+
+
+async def request(client: Client, subject: str, data: str, content_type: str, timeout: float,
+                  out: TextIO = sys.stdout) -> int:
+    """Send DATA (JSON text; re-encoded as CBOR when asked) and print the reply. Exit status."""
+    try:
+        payload: Any = orjson.loads(data) if data else None
+    except orjson.JSONDecodeError:
+        if content_type != headers.OCTETS:
+            print(f"DATA must be JSON text (got {data!r})", file=sys.stderr)
+            return 2
+        payload = None
+    if content_type == headers.OCTETS:
+        payload = data.encode()
+    try:
+        reply = await Requester(client, timeout=timeout).request(subject, payload, content_type=content_type)
+    except BusError as exc:
+        print(f"error {exc.status}: {exc.message}", file=sys.stderr)
+        return 1
+    encoded = codec.encode(reply.payload, reply.content_type)
+    print(render_payload(encoded, {headers.CONTENT_TYPE: reply.content_type}), file=out)
+    return 0
+
+
+def parse_since(value: str) -> datetime:
+    """`--since` takes an ISO time or a duration back from now: 30s, 15m, 2h, 7d."""
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+    if value and value[-1] in units and value[:-1].isdigit():
+        return datetime.now(timezone.utc) - timedelta(**{units[value[-1]]: int(value[:-1])})
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"--since takes an ISO time or a duration like 15m, 2h, 7d; got {value!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+async def export_events(client: Client, since: datetime | None, follow: bool, subject: str = events.SUBJECTS,
+                        out: TextIO = sys.stdout) -> int:
+    """Write stored events as JSON lines (`seq`, `subject`, `event`); keep tailing with `follow`."""
+    js = client.jetstream()
+    config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since.isoformat()) \
+        if since else ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+    sub = await js.subscribe(subject, stream=events.STREAM, ordered_consumer=True, config=config)
+    written = 0
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=None if follow else 1.0)
+            except asyncio.TimeoutError:
+                if not follow:
+                    break
+                continue
+            line = {"seq": msg.metadata.sequence.stream, "subject": msg.subject, "event": orjson.loads(msg.data)}
+            print(orjson.dumps(line).decode(), file=out, flush=True)
+            written += 1
+            if not follow and msg.metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+    return written
