@@ -9,14 +9,13 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
-from typing import Any, MutableMapping
+from typing import Any, MutableMapping, TextIO
 
 import structlog
 from structlog.contextvars import bind_contextvars, clear_contextvars, get_contextvars
 
 REDACTED = "[redacted]"
 _SECRET_WORDS = ("key", "token", "password", "secret", "authorization", "config", "nonce", "ad")
-_configured = False
 
 
 def _is_secret(name: str) -> bool:
@@ -35,11 +34,11 @@ def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
     return event
 
 
-def configure(level: str = "info", json: bool | None = None) -> None:
-    """Configure structlog once per process; later calls only change the level."""
-    global _configured
+def configure(level: str = "info", json: bool | None = None, stream: TextIO | None = None) -> None:
+    """Configure structlog for this process (callable again, e.g. by tests capturing lines)."""
+    stream = stream or sys.stderr
     if json is None:
-        json = not sys.stderr.isatty()
+        json = not stream.isatty()
     renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[
@@ -51,10 +50,9 @@ def configure(level: str = "info", json: bool | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,  # module-level loggers follow a later configure()
     )
-    _configured = True
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

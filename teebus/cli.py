@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="start the embedded NATS server, every component and adapter")
     _common(up)
     up.add_argument("--nats-port", type=int, default=DEFAULT_NATS_PORT, help="embedded server port")
+    up.add_argument("--nats-conf", type=Path, help="embedded server configuration (default: ./nats.conf "
+                    "of the teebus checkout)")
     up.add_argument("--host", default="127.0.0.1", help="address the HTTP adapters listen on")
     up.add_argument("--port", action="append", default=[], metavar="SITE=PORT",
                     help="move one site, e.g. --port mesatee-kms=7016")
@@ -70,6 +72,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     settings = Settings(data_dir=args.data_dir, nats_url=args.nats, log_level=args.log_level)
     if hasattr(args, "nats_port"):
         settings.nats_port = args.nats_port
+    if getattr(args, "nats_conf", None):
+        settings.nats_conf = args.nats_conf.resolve()
     if hasattr(args, "host"):
         settings.http_host = args.host
     if hasattr(args, "port"):

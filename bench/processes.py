@@ -1,0 +1,101 @@
+"""Child processes of a benchmark: started with their output in log files, stopped on every exit path.
+
+Also reads a process's CPU time from /proc, so a benchmark can say which process a request costs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STOP_GRACE = 5.0
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not run; the message says what failed."""
+
+
+def child_environment() -> dict[str, str]:
+    """This environment, with the repository importable (bench/ is not an installed package)."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT)}
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` so far (Linux /proc); 0.0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime: fields 14 and 15 of stat
+
+
+@dataclass
+class Child:
+    name: str
+    process: asyncio.subprocess.Process
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def tail(self, lines: int = 8) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(f"    {line}" for line in text.splitlines()[-lines:]) or "    (no output)"
+
+
+@dataclass
+class Children:
+    """Every process a benchmark started; `stop_all` ends them newest first."""
+
+    log_dir: Path
+    started: list[Child] = field(default_factory=list)
+
+    async def start(self, name: str, argv: list[str]) -> Child:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        with open(log_path, "wb") as output:
+            # A session of its own: Ctrl-C reaches only us, and we stop the children in order.
+            process = await asyncio.create_subprocess_exec(
+                *argv, cwd=REPO_ROOT, env=child_environment(), stdin=asyncio.subprocess.DEVNULL,
+                stdout=output, stderr=output, start_new_session=True)
+        child = Child(name, process, log_path)
+        self.started.append(child)
+        return child
+
+    def check_alive(self) -> None:
+        for child in self.started:
+            if child.process.returncode is not None:
+                raise BenchError(f"{child.name} exited with {child.process.returncode}:\n{child.tail()}")
+
+    def tails(self) -> str:
+        return "\n".join(f"  {child.name} ({child.log_path}):\n{child.tail()}" for child in self.started)
+
+    async def stop_all(self) -> None:
+        while self.started:
+            await stop(self.started.pop().process)
+
+
+async def stop(process: asyncio.subprocess.Process, grace: float = STOP_GRACE) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds."""
+    if process.returncode is not None:
+        return
+    try:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), grace)
+    except ProcessLookupError:
+        pass
+    except asyncio.TimeoutError:
+        process.kill()
+        await process.wait()

