@@ -40,6 +40,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime: fields 14 and 15 of stat
 
 
+def machine_busy_seconds() -> float:
+    """CPU time every core of the machine spent busy so far (all processes, Linux /proc/stat)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / _TICKS  # user nice system idle iowait irq softirq steal
+
+
 @dataclass
 class Child:
     name: str
@@ -80,7 +87,7 @@ class Children:
                 raise BenchError(f"{child.name} exited with {child.process.returncode}:\n{child.tail()}")
 
     def tails(self) -> str:
-        return "\n".join(f"  {child.name} ({child.log_path}):\n{child.tail()}" for child in self.started)
+        return "\n".join(f"  {child.name}:\n{child.tail()}" for child in self.started)
 
     async def stop_all(self) -> None:
         while self.started:

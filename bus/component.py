@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -22,7 +22,6 @@ from nats.micro.service import EndpointStats, Service
 from bus import codec, headers, log
 from bus.errors import BusError
 from bus.events import Events
-from bus.payloads import Payloads
 from bus.requester import Requester
 
 

@@ -13,7 +13,7 @@ from nats.errors import AuthorizationError
 from bus import credentials, log
 
 _log = log.get_logger("bus.connection")
-FIRST_CONNECT_TIMEOUT = 10.0
+FIRST_CONNECT_TIMEOUT = 5.0
 
 
 class BusConnectError(ConnectionError):

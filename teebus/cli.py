@@ -10,6 +10,7 @@ from typing import Any, Awaitable, Callable
 
 from bus import headers, log
 from bus.connection import BusConnectError, connect
+from bus.errors import BusError
 from bus.server import ServerError
 from teebus import catalog, tools
 from teebus.launcher import Node, System, serve_until_signalled
@@ -141,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (ServerError, BusConnectError, FileNotFoundError, ValueError, OSError) as exc:
         print(f"teebus: {exc}", file=sys.stderr)
+        return 1
+    except BusError as exc:
+        print(f"teebus: {exc.message}", file=sys.stderr)
         return 1
 
 

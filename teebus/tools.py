@@ -11,9 +11,10 @@ import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError as StreamNotFound
 
 from bus import codec, events, headers
-from bus.errors import BusError
+from bus.errors import BusError, NotFound
 from bus.requester import Requester
 from teebus.diagnostic import diagnostic
 
@@ -85,6 +86,8 @@ async def subscribe(client: Client, subject: str, count: int | None = None, out:
 
     async def show(msg: Msg) -> None:
         nonlocal seen
+        if count and seen >= count:
+            return  # already queued before the unsubscribe: `count` means at most `count` printed
         print(format_message(msg), file=out, flush=True)
         seen += 1
         if count and seen >= count:
@@ -122,12 +125,17 @@ async def request(client: Client, subject: str, data: str, content_type: str, ti
 def parse_since(value: str) -> datetime:
     """`--since` takes an ISO time or a duration back from now: 30s, 15m, 2h, 7d."""
     units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-    if value and value[-1] in units and value[:-1].isdigit():
-        return datetime.now(timezone.utc) - timedelta(**{units[value[-1]]: int(value[:-1])})
+    problem = f"--since takes an ISO time or a duration like 15m, 2h, 7d; got {value!r}"
+    number = value[:-1]
+    if value and value[-1] in units and number.isascii() and number.isdigit():
+        try:
+            return datetime.now(timezone.utc) - timedelta(**{units[value[-1]]: int(number)})
+        except OverflowError:
+            raise ValueError(f"{problem} (that is before the year 1)") from None
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise ValueError(f"--since takes an ISO time or a duration like 15m, 2h, 7d; got {value!r}") from None
+        raise ValueError(problem) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
@@ -137,7 +145,11 @@ async def export_events(client: Client, since: datetime | None, follow: bool, su
     js = client.jetstream()
     config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since.isoformat()) \
         if since else ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
-    sub = await js.subscribe(subject, stream=events.STREAM, ordered_consumer=True, config=config)
+    try:
+        sub = await js.subscribe(subject, stream=events.STREAM, ordered_consumer=True, config=config)
+    except StreamNotFound:
+        raise NotFound(f"this bus has no {events.STREAM} stream: no component has run on it yet "
+                       "(`teebus up` or `teebus run COMPONENT` creates it)") from None
     written = 0
     try:
         while True:

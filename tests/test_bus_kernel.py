@@ -137,7 +137,7 @@ async def test_records_compare_and_set(connect_as):
     first = await records.create(key, {"n": 1})
     with pytest.raises(Conflict, match="already exists"):
         await records.create(key, {"n": 99})
-    second = await records.update(key, {"n": 2}, first.revision)
+    await records.update(key, {"n": 2}, first.revision)
     with pytest.raises(Conflict, match="changed concurrently"):
         await records.update(key, {"n": 3}, first.revision)  # stale revision loses
     with pytest.raises(Conflict):

@@ -11,23 +11,29 @@ import io
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import AsyncIterator
 
 import cbor2
 import orjson
 import pytest
 
 from bus import headers
-from bus.server import free_port, port_is_free
+from bus.connection import connect
+from bus.errors import NotFound
+from bus.server import EmbeddedServer, free_port, port_is_free
 from components.mesatee.kms import KmsComponent
 from teebus import tools
 from teebus.settings import REPO_ROOT
+from tests.conftest import eventually
 
 KMS_SUBJECTS = ("mesatee.kms.internal.create", "mesatee.kms.internal.get", "mesatee.kms.internal.delete")
 
@@ -39,11 +45,12 @@ def _service_block(text: str, name: str) -> str:
     return match.group(0)
 
 
-def _requests_by_endpoint(block: str) -> dict[str, int]:
-    """Sum of `requests N` per endpoint subject over every replica listed in `block`."""
+def _counts(block: str, column: str) -> dict[str, int]:
+    """Sum of the `requests` or `errors` column per endpoint subject over the replicas in `block`."""
     totals: dict[str, int] = {}
-    for subject, count in re.findall(r"^\s+(\S+)\s+requests\s+(\d+)", block, re.M):
-        totals[subject] = totals.get(subject, 0) + int(count)
+    for subject, requests, errors in re.findall(r"^\s+(\S+)\s+requests\s+(\d+)\s+errors\s+(\d+)\s+avg ",
+                                                block, re.M):
+        totals[subject] = totals.get(subject, 0) + int(requests if column == "requests" else errors)
     return totals
 
 
@@ -64,8 +71,8 @@ async def test_status_lists_replicas_endpoints_and_counts_requests(start_compone
     assert ids == {first._service.id, second._service.id}
     for replica_id in ids:
         assert replica_id in block
-    before = _requests_by_endpoint(block)
-    assert set(before) == set(KMS_SUBJECTS)
+    before, errors_before = _counts(block, "requests"), _counts(block, "errors")
+    assert set(before) == set(errors_before) == set(KMS_SUBJECTS)
 
     for _ in range(3):
         reply = await admin.request("mesatee.kms.internal.create", b'{"type":"Create"}', timeout=5,
@@ -77,19 +84,32 @@ async def test_status_lists_replicas_endpoints_and_counts_requests(start_compone
     out = io.StringIO()
     await tools.status(observer, out=out)
     block = _service_block(out.getvalue(), "mesatee-kms")
-    after = _requests_by_endpoint(block)
+    after, errors_after = _counts(block, "requests"), _counts(block, "errors")
     assert after["mesatee.kms.internal.create"] == before["mesatee.kms.internal.create"] + 3
     assert after["mesatee.kms.internal.get"] == before["mesatee.kms.internal.get"] + 1
     assert after["mesatee.kms.internal.delete"] == before["mesatee.kms.internal.delete"]
-    errors = sum(int(n) for n in re.findall(r"mesatee\.kms\.internal\.get\s.*errors\s+(\d+)", block))
-    assert errors >= 1, block
+    assert errors_after["mesatee.kms.internal.get"] == errors_before["mesatee.kms.internal.get"] + 1
+    assert errors_after["mesatee.kms.internal.create"] == errors_before["mesatee.kms.internal.create"]
 
 
-async def test_status_on_a_bus_without_services(connect_as):
-    observer = await connect_as("observer")
-    out = io.StringIO()
-    stats = await tools.status(observer, out=out)
-    assert stats == []  # every earlier test's components were stopped by the fixtures
+@pytest.fixture
+async def bare_bus() -> AsyncIterator[EmbeddedServer]:
+    """A fresh nats-server of its own: no services, no EVENTS stream."""
+    data = Path(tempfile.mkdtemp(dir="/tmp", prefix="teebus-bare-"))
+    server = EmbeddedServer(REPO_ROOT / "nats.conf", data, port=free_port())
+    await server.start()
+    yield server
+    await server.stop()
+    shutil.rmtree(data, ignore_errors=True)
+
+
+async def test_status_on_a_bus_without_services(bare_bus):
+    observer = await connect(bare_bus.url, "observer", passwords=bare_bus.passwords)
+    try:
+        out = io.StringIO()
+        assert await tools.status(observer, out=out) == []
+    finally:
+        await observer.close()
     assert out.getvalue() == "no services answer on this bus\n"
 
 
@@ -99,8 +119,9 @@ async def _subscribed(client, subject: str, count: int) -> tuple[asyncio.Task, i
     """Start tools.subscribe in a task and return once the server knows the subscription."""
     out = io.StringIO()
     task = asyncio.create_task(tools.subscribe(client, subject, count, out=out))
-    await asyncio.sleep(0.1)
-    await client.flush()  # the SUB went out before this PING, so the server has it now
+    # nats-py keeps its subscriptions in `_subs`; once ours is there, its SUB precedes the flush's PING
+    await eventually(lambda: any(sub.subject == subject for sub in client._subs.values()))
+    await client.flush()
     return task, out
 
 
@@ -133,6 +154,18 @@ async def test_sub_shows_undecodable_payloads_as_bytes(connect_as):
     await asyncio.wait_for(task, 5)
     assert out.getvalue() == ("[conclave.tooltest.bad]\n<1 bytes: a1>\n"
                               "[conclave.tooltest.bad]\n<2 bytes: fffe>\n")
+
+
+async def test_sub_count_is_an_upper_bound_even_for_a_burst(connect_as):
+    observer = await connect_as("observer")
+    admin = await connect_as("admin")
+    task, out = await _subscribed(observer, "conclave.tooltest.burst", 2)
+    for i in range(5):  # all five are queued before the subscriber can unsubscribe
+        await admin.publish("conclave.tooltest.burst", b"%d" % i)
+    await admin.flush()
+    await asyncio.wait_for(task, 5)
+    await asyncio.sleep(0.1)
+    assert out.getvalue() == "[conclave.tooltest.burst]\n0\n[conclave.tooltest.burst]\n1\n"
 
 
 # --- teebus bus req -----------------------------------------------------------------------------
@@ -252,6 +285,38 @@ async def test_events_since_the_future_exports_nothing(connect_as):
     assert out.getvalue() == ""
 
 
+async def test_events_follow_prints_new_events_until_stopped(start_component, connect_as):
+    await start_component(KmsComponent)
+    admin = await connect_as("admin")
+    observer = await connect_as("observer")
+    out = io.StringIO()
+    follow = asyncio.create_task(tools.export_events(observer, datetime.now(timezone.utc), True,
+                                                     "events.mesatee.>", out=out))
+    await asyncio.sleep(1.3)  # longer than the export's idle timeout: following does not stop
+    assert not follow.done()
+    key_id = await _create_key(admin)
+    await eventually(lambda: key_id in out.getvalue())
+    line = orjson.loads(out.getvalue().splitlines()[-1])
+    assert (line["subject"], line["event"]["key_id"]) == ("events.mesatee.key.created", key_id)
+    follow.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await follow
+
+
+async def test_events_on_a_bus_without_the_stream_fail_clearly(bare_bus):
+    observer = await connect(bare_bus.url, "observer", passwords=bare_bus.passwords)
+    try:
+        with pytest.raises(NotFound) as info:
+            await tools.export_events(observer, None, False, out=io.StringIO())
+    finally:
+        await observer.close()
+    assert "this bus has no EVENTS stream" in info.value.message
+    result = await asyncio.to_thread(_cli, "events", "--data-dir", str(bare_bus.data_dir), "--nats", bare_bus.url)
+    assert result.returncode == 1
+    assert result.stderr.startswith("teebus: this bus has no EVENTS stream")
+    assert "Traceback" not in result.stderr
+
+
 def test_parse_since_durations_and_iso_times():
     now = datetime.now(timezone.utc)
     assert abs(tools.parse_since("15m") - (now - timedelta(minutes=15))) < timedelta(seconds=5)
@@ -265,7 +330,8 @@ def test_parse_since_durations_and_iso_times():
     assert tools.parse_since("2024-05-01").tzinfo is not None
 
 
-@pytest.mark.parametrize("value", ["yesterday", "15x", "m", "-5m", "1.5h", ""])
+@pytest.mark.parametrize("value", ["yesterday", "15x", "m", "-5m", "1.5h", "", "\u00b2m", "99999999999d",
+                                   "2024-13-01"])
 def test_parse_since_rejects_nonsense_clearly(value):
     with pytest.raises(ValueError) as info:
         tools.parse_since(value)
@@ -277,8 +343,24 @@ def test_parse_since_rejects_nonsense_clearly(value):
 # --- the CLI as a person runs it ----------------------------------------------------------------
 
 def _cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "teebus.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO_ROOT, env=_env())
+    return _cli_together(list(args), timeout=timeout)[0]
+
+
+def _cli_together(*commands: list[str], timeout: float = 20) -> list[subprocess.CompletedProcess]:
+    """Run several `teebus ...` commands at once (each is a fresh interpreter) and collect them all."""
+    processes = [subprocess.Popen([sys.executable, "-m", "teebus.cli", *args], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=_env())
+                 for args in commands]
+    results = []
+    for args, process in zip(commands, processes):
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for other in processes:
+                other.kill()
+            raise
+        results.append(subprocess.CompletedProcess(args, process.returncode, stdout, stderr))
+    return results
 
 
 def _env() -> dict[str, str]:
@@ -330,43 +412,47 @@ def test_cli_up_status_req_events_and_clean_shutdown(tmp_path):
         assert f"http://127.0.0.1:{kms_port}" in up.output
         assert (data_dir / "nats.credentials").stat().st_mode & 0o777 == 0o600
 
-        status = _cli("status", "--data-dir", str(data_dir), "--nats", url)
+        where = ["--data-dir", str(data_dir), "--nats", url]
+        status, req, bad, bad_since = _cli_together(
+            ["status", *where],
+            ["bus", "req", "mesatee.kms.internal.create", '{"type":"Create"}', *where],
+            ["bus", "req", "mesatee.kms.internal.get", '{"type":"Get"}', *where],
+            ["events", "--since", "soon", *where])
         assert status.returncode == 0, status.stderr
         assert re.search(r"^mesatee-kms \S+\s+replicas: 1$", status.stdout, re.M), status.stdout
         for subject in KMS_SUBJECTS:
             assert subject in status.stdout
 
-        req = _cli("bus", "req", "mesatee.kms.internal.create", '{"type":"Create"}',
-                   "--data-dir", str(data_dir), "--nats", url)
         assert req.returncode == 0, req.stderr
         key_id = orjson.loads(req.stdout)["key_id"]
         assert re.fullmatch(r"[0-9a-f-]{36}", key_id)
 
-        bad = _cli("bus", "req", "mesatee.kms.internal.get", '{"type":"Get"}',
-                   "--data-dir", str(data_dir), "--nats", url)
         assert bad.returncode == 1
         assert bad.stderr.startswith("error 400: a Get request needs a key_id")
 
-        events = _cli("events", "--since", "5m", "--data-dir", str(data_dir), "--nats", url)
+        events = _cli("events", "--since", "5m", *where)
         assert events.returncode == 0, events.stderr
         lines = [orjson.loads(line) for line in events.stdout.splitlines()]
         assert [(line["subject"], line["event"]["key_id"]) for line in lines] == \
             [("events.mesatee.key.created", key_id)]
         assert lines[0]["seq"] == 1  # a fresh data directory: the first event ever stored
 
-        bad_since = _cli("events", "--since", "soon", "--data-dir", str(data_dir), "--nats", url)
         assert bad_since.returncode == 1
         assert "--since takes an ISO time or a duration like 15m, 2h, 7d; got 'soon'" in bad_since.stderr
 
+        nats_log = (data_dir / "nats-server.log").read_text()
+        nats_pid = int(re.match(r"\[(\d+)\] .*Starting nats-server", nats_log).group(1))
+        os.kill(nats_pid, 0)  # the child is alive while `up` runs
         assert not port_is_free("127.0.0.1", nats_port)
+
         up.process.send_signal(signal.SIGTERM)
-        assert up.process.wait(timeout=10) == 0
-        deadline = time.monotonic() + 5
-        while not (port_is_free("127.0.0.1", nats_port) and port_is_free("127.0.0.1", kms_port)):
-            assert time.monotonic() < deadline, "nats-server or the HTTP adapter outlived `teebus up`"
-            time.sleep(0.05)
-        assert "Server is ready" in (data_dir / "nats-server.log").read_text()
-        assert "Server Exiting" in (data_dir / "nats-server.log").read_text()
+        assert up.process.wait(timeout=5) == 0
+        with pytest.raises(ProcessLookupError):  # stopped and reaped by `up`, not orphaned
+            os.kill(nats_pid, 0)
+        assert port_is_free("127.0.0.1", nats_port)
+        assert port_is_free("127.0.0.1", kms_port)
+        assert "Server Exiting" in (data_dir / "nats-server.log").read_text()  # a clean JetStream shutdown
+        assert "Traceback" not in (tmp_path / "up.stderr").read_text()
     finally:
         up.stop()
 

@@ -1,0 +1,195 @@
+"""What a replay may differ in: declared random fields, their shapes, and learned bindings.
+
+A scenario declares which fields are random (`Normaliser`); a replay cannot reproduce their values,
+only their shape (`same_shape`: a UUID stays a UUID, base64 keeps its decoded length, a timestamp
+stays a timestamp). Random values also flow: a Get sends the key_id its Create was given. So the
+replay learns `Bindings` (recorded value -> replayed value) wherever a random field shows up, and
+rewrites every later request with them. A binding is one-to-one: seeing a recorded value again
+with a different replayed value (e.g. Get returning other key material than Create) is a
+difference, and so are two recorded values collapsing into one replayed value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+import string
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from bus import headers as hdr
+
+FieldPath = tuple[str, ...]
+Shape = tuple[Any, ...]
+_HEX = frozenset(string.hexdigits)
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """Declared per scenario: the random JSON paths and headers, and the headers worth comparing.
+
+    `random_paths` are dotted paths into request, reply and event payloads (`key_id`, `config.key`);
+    a `*` segment matches any one key or list index (`keys.*.id`). Headers not in `compared_headers`
+    or `random_headers` are ignored: they describe the transport, not the behaviour.
+    """
+
+    random_paths: tuple[str, ...] = ()
+    random_headers: tuple[str, ...] = (hdr.REQUEST_ID,)
+    compared_headers: tuple[str, ...] = (hdr.CONTENT_TYPE, hdr.ERROR_CODE, hdr.ERROR)
+
+    def is_random(self, path: FieldPath) -> bool:
+        return any(_matches(pattern.split("."), path) for pattern in self.random_paths)
+
+
+def _matches(pattern: list[str], path: FieldPath) -> bool:
+    return len(pattern) == len(path) and all(p in ("*", segment) for p, segment in zip(pattern, path))
+
+
+def show_path(path: FieldPath) -> str:
+    return ".".join(path) if path else "(whole payload)"
+
+
+# --- shapes -------------------------------------------------------------------------------------
+
+def shapes(value: Any) -> frozenset[Shape]:
+    """Every shape `value` has; two values match when they share one (see `same_shape`).
+
+    A string can have several (16 hex digits are also base64 of 12 bytes), so matching on any
+    shared shape never fails a replay because a random value happened to look like something else.
+    """
+    if isinstance(value, str):
+        return _string_shapes(value) or frozenset({("text", len(value))})
+    if isinstance(value, bool) or value is None:
+        return frozenset({(type(value).__name__,)})
+    if isinstance(value, (int, float)):
+        return frozenset({("number",)})
+    if isinstance(value, list):
+        return frozenset({("list", len(value))})
+    if isinstance(value, dict):
+        return frozenset({("object", tuple(sorted(value)))})
+    return frozenset({(type(value).__name__,)})
+
+
+def _string_shapes(value: str) -> frozenset[Shape]:
+    found: set[Shape] = set()
+    version = _uuid_version(value)
+    if version is not None:
+        found.add(("uuid", version))
+    if _is_timestamp(value):
+        found.add(("timestamp",))
+    if value and len(value) % 2 == 0 and set(value) <= _HEX:
+        found.add(("hex", len(value)))
+    decoded = _base64_length(value)
+    if decoded is not None:
+        found.add(("base64", decoded))
+    return frozenset(found)
+
+
+def _uuid_version(value: str) -> int | None:
+    if len(value) != 36:
+        return None
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        return None
+    return parsed.version if str(parsed) == value.lower() else None
+
+
+def _is_timestamp(value: str) -> bool:
+    if len(value) < 16 or "T" not in value:
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _base64_length(value: str) -> int | None:
+    if not value or len(value) % 4:
+        return None
+    try:
+        return len(base64.b64decode(value, validate=True))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def same_shape(recorded: Any, replayed: Any) -> bool:
+    return bool(shapes(recorded) & shapes(replayed))
+
+
+def describe(value: Any) -> str:
+    """A person's name for a value's shape, for difference reports."""
+    names = {"uuid": "UUIDv{}", "timestamp": "timestamp", "hex": "{} hex digits",
+             "base64": "base64 of {} bytes", "text": "text of {} chars", "list": "list of {}",
+             "object": "object with keys {}"}
+    parts = []
+    for shape in sorted(shapes(value), key=repr):
+        template = names.get(shape[0], shape[0])
+        parts.append(template.format(*shape[1:]) if "{}" in template else template)
+    return " / ".join(parts)
+
+
+def fresh_like(value: str) -> str:
+    """A new random value of the same shape: what a replay sends for a random request header."""
+    found = shapes(value)
+    if any(shape[0] == "uuid" for shape in found):
+        return str(uuid.uuid4())
+    if ("hex", len(value)) in found:
+        return secrets.token_hex(len(value) // 2)
+    for shape in found:
+        if shape[0] == "base64":
+            return base64.b64encode(os.urandom(shape[1])).decode()
+    return secrets.token_urlsafe(len(value))[:len(value)]
+
+
+# --- bindings -----------------------------------------------------------------------------------
+
+@dataclass
+class Bindings:
+    """Recorded random value -> its replayed counterpart, kept one-to-one."""
+
+    forward: dict[str, str] = field(default_factory=dict)
+    backward: dict[str, str] = field(default_factory=dict)
+
+    def bind(self, recorded: str, replayed: str) -> str | None:
+        """Learn recorded -> replayed; return why that contradicts an earlier binding, else None."""
+        earlier = self.forward.get(recorded)
+        if earlier is not None and earlier != replayed:
+            return f"this recorded value was replayed as {earlier!r} earlier"
+        owner = self.backward.get(replayed)
+        if owner is not None and owner != recorded:
+            return f"the replayed value already stands for recorded {owner!r}"
+        self.forward[recorded] = replayed
+        self.backward[replayed] = recorded
+        return None
+
+    def substitute(self, value: Any) -> Any:
+        """`value` with every whole string (and object key) that is a recorded random value replaced."""
+        if isinstance(value, str):
+            return self.forward.get(value, value)
+        if isinstance(value, list):
+            return [self.substitute(item) for item in value]
+        if isinstance(value, dict):
+            return {self.substitute(key): self.substitute(item) for key, item in value.items()}
+        return value
+
+    def substitute_text(self, text: str) -> str:
+        """Free text (an error message) with recorded random values replaced inside it."""
+        for recorded in sorted(self.forward, key=len, reverse=True):
+            text = text.replace(recorded, self.forward[recorded])
+        return text
+
+    def substitute_bytes(self, data: bytes) -> bytes:
+        """Opaque payloads: replace the UTF-8 bytes of each recorded value."""
+        for recorded in sorted(self.forward, key=len, reverse=True):
+            data = data.replace(recorded.encode(), self.forward[recorded].encode())
+        return data
+
+    def substitute_subject(self, subject: str) -> str:
+        """Subjects carry ids as whole tokens (`enarx.keep.<kuuid>`)."""
+        return ".".join(self.forward.get(token, token) for token in subject.split("."))

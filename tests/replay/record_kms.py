@@ -1,0 +1,117 @@
+"""The KMS scenario: how it is driven, what in it is random, and how its recording is regenerated.
+
+Regenerate tests/recordings/kms_scenario.jsonl (needs no running NATS: it embeds its own server):
+
+    python -m tests.replay.record_kms [OUTPUT]
+
+The scenario checks every outcome while recording, so a broken KMS cannot be recorded as "expected".
+The file holds throw-away key material generated for the recording; nothing else uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from nats.aio.client import Client
+
+from bus import errors, events, log, payloads
+from bus.component import Context
+from bus.connection import connect
+from bus.requester import Requester
+from bus.server import EmbeddedServer, free_port
+from components.mesatee import subjects
+from components.mesatee.kms import KmsComponent
+from teebus.settings import REPO_ROOT
+from tests.replay.normalise import Normaliser
+from tests.replay.recorder import Recorder
+from tests.replay.recording import Recording
+
+RECORDING = REPO_ROOT / "tests" / "recordings" / "kms_scenario.jsonl"
+SCENARIO = "kms"
+
+# Fresh on every run: ids, the generated key material, event timestamps (and request ids, by default).
+KMS_NORMALISER = Normaliser(random_paths=("key_id", "config.key", "config.nonce", "config.ad", "at"))
+
+Connect = Callable[[str], Awaitable[Client]]
+
+
+async def _expect_error(status: int, pending: Awaitable[object], step: str) -> None:
+    """The step must fail with `status`; anything else means the KMS misbehaves: refuse to record."""
+    try:
+        result = await pending
+    except errors.BusError as exc:
+        if exc.status != status:
+            raise AssertionError(f"{step}: expected status {status}, got {exc!r}") from None
+        return
+    raise AssertionError(f"{step}: expected status {status}, got a reply {result!r}")
+
+
+async def drive_kms_scenario(requester: Requester) -> None:
+    """Create, Create, Get #1, Delete #1, Get #1 (404), Get #2, Get without key_id (400)."""
+    async def kms(operation: str, body: dict) -> dict:
+        return (await requester.request(subjects.kms(operation), body)).payload
+
+    first = await kms("Create", {"type": "Create"})
+    second = await kms("Create", {"type": "Create"})
+    fetched = await kms("Get", {"type": "Get", "key_id": first["key_id"]})
+    assert fetched["config"] == first["config"], "Get must return the key Create made"
+    deleted = await kms("Delete", {"type": "Delete", "key_id": first["key_id"]})
+    assert deleted["config"] == first["config"], "Delete must return the deleted key"
+    await _expect_error(404, kms("Get", {"type": "Get", "key_id": first["key_id"]}), "Get of a deleted key")
+    fetched = await kms("Get", {"type": "Get", "key_id": second["key_id"]})
+    assert fetched["config"] == second["config"], "the second key must survive the first one's deletion"
+    await _expect_error(400, kms("Get", {"type": "Get"}), "Get without key_id")
+
+
+async def record_kms(connect_as: Connect, component_dir: Path) -> Recording:
+    """Run a fresh KMS (master key under `component_dir`) and record the scenario driven against it."""
+    component = KmsComponent(Context(await connect_as("component"), component_dir))
+    await component.start()
+    try:
+        driver = Requester(await connect_as("component"))  # KMS subjects are internal: components only
+        async with Recorder(await connect_as("observer"), SCENARIO,
+                            meta={"recorded_with": "python -m tests.replay.record_kms"}) as recorder:
+            await drive_kms_scenario(driver)
+    finally:
+        await component.stop()
+    return recorder.recording
+
+
+async def _record_with_embedded_server(output: Path) -> Recording:
+    """A throw-away nats-server, set up like the test session's (payload store, EVENTS stream)."""
+    with tempfile.TemporaryDirectory(prefix="teebus-record-") as tmp:
+        server = EmbeddedServer(REPO_ROOT / "nats.conf", Path(tmp) / "data", port=free_port())
+        await server.start()
+        clients: list[Client] = []
+
+        async def connect_as(role: str) -> Client:
+            clients.append(await connect(server.url, role, passwords=server.passwords))
+            return clients[-1]
+
+        try:
+            admin = await connect_as("admin")
+            await payloads.ensure_store(admin)
+            await events.ensure_stream(admin)
+            recording = await record_kms(connect_as, Path(tmp) / "kms")
+        finally:
+            for client in clients:
+                await client.close()
+            await server.stop()
+    recording.dump(output)
+    return recording
+
+
+def main(argv: list[str]) -> int:
+    output = Path(argv[0]) if argv else RECORDING
+    log.configure("warning")
+    recording = asyncio.run(_record_with_embedded_server(output))
+    print(f"recorded {len(recording.exchanges)} exchanges and {len(recording.events)} events into {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
