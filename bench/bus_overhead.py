@@ -109,9 +109,8 @@ async def start_bare(children: Children) -> Target:
 
 
 def nats_server_pid(server: EmbeddedServer) -> dict[str, int]:
-    """The server's process for the CPU table (bus.server keeps it private; read-only use here)."""
-    process = getattr(server, "_process", None)
-    return {"nats-server": process.pid} if process is not None else {}
+    """The server's process for the CPU table."""
+    return {"nats-server": server.pid} if server.pid is not None else {}
 
 
 async def start_pipeline(children: Children, server: EmbeddedServer, data_dir: Path) -> Target:
@@ -257,17 +256,30 @@ def print_cpu(results: list[Result]) -> None:
         print(f"  {r.target.name}  {cells}  | other load on the machine: {r.other_share:.0%}")
 
 
-def print_ratios(by_name: dict[str, Result]) -> None:
-    meanings = {("b", "a"): "one NATS round trip through a second process, over bare HTTP",
-                ("c", "b"): "teebus adapter + component, over the bare pipeline",
-                ("c", "a"): "teebus end to end, over bare HTTP"}
-    print(f"\nratios (1.00 = as fast as the baseline):\n  {'':<5}{'req/s':>7}{'server CPU/req':>16}")
-    for (top, bottom), meaning in meanings.items():
+RATIO_MEANINGS = {("b", "a"): "one NATS round trip through a second process, over bare HTTP",
+                  ("c", "b"): "teebus adapter + component, over the bare pipeline",
+                  ("c", "a"): "teebus end to end, over bare HTTP"}
+
+
+def ratio_rows(by_name: dict[str, Result]) -> list[tuple[str, float, float, str]]:
+    """(name, by req/s, by server CPU per request, meaning) for each pair that was measured."""
+    rows = []
+    for (top, bottom), meaning in RATIO_MEANINGS.items():
         if top in by_name and bottom in by_name:
             x, y = by_name[top], by_name[bottom]
             by_rps = x.rps / y.rps if y.rps else 0.0
             by_cpu = server_cpu_us(y) / server_cpu_us(x) if server_cpu_us(x) else 0.0
-            print(f"  {top}/{bottom}  {by_rps:>7.2f}{by_cpu:>16.2f}   {meaning}")
+            rows.append((f"{top}/{bottom}", by_rps, by_cpu, meaning))
+    return rows
+
+
+def print_ratios(by_name: dict[str, Result]) -> None:
+    rows = ratio_rows(by_name)
+    if not rows:
+        return
+    print(f"\nratios (1.00 = as fast as the baseline):\n  {'':<5}{'req/s':>7}{'server CPU/req':>16}")
+    for name, by_rps, by_cpu, meaning in rows:
+        print(f"  {name}  {by_rps:>7.2f}{by_cpu:>16.2f}   {meaning}")
     if "b" in by_name and "c" in by_name:
         c_over_b = by_name["c"].rps / by_name["b"].rps if by_name["b"].rps else 0.0
         verdict = "met" if c_over_b >= TARGET_C_OVER_B else "NOT met"

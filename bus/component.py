@@ -108,6 +108,9 @@ class Component:
     async def setup(self) -> None:
         """Open buckets, load keys: anything needed before the first request."""
 
+    async def teardown(self) -> None:
+        """Release what `setup` took (watchers, files) after the last request finished."""
+
     async def start(self) -> None:
         await self.setup()
         self._service = await micro.add_service(
@@ -129,6 +132,7 @@ class Component:
             self._service = None
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=grace)
+        await self.teardown()
         self.log.info("component stopped", service=self.service_name)
 
     def _endpoint_stats(self, stats: EndpointStats) -> dict[str, Any]:

@@ -7,8 +7,8 @@ causes carries it without being passed around; secrets are redacted by key name 
 from __future__ import annotations
 
 import logging
+import os
 import sys
-import uuid
 from typing import Any, MutableMapping, TextIO
 
 import structlog
@@ -61,7 +61,7 @@ def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 def bind_request(request_id: str, **values: Any) -> None:

@@ -1,7 +1,13 @@
-"""JetStream KV records with compare-and-set updates, so replicas never overwrite each other."""
+"""JetStream KV records with compare-and-set updates, so replicas never overwrite each other.
+
+Reads that may be a few milliseconds behind another replica's write can use `lookup`, served from an
+in-memory mirror that a KV watch keeps current (see `mirror`); writes always go to the bucket with the
+revision they expect, so a stale mirror can never cause a lost update.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -31,6 +37,10 @@ class Records:
     def __init__(self, kv: KeyValue, name: str) -> None:
         self._kv = kv
         self.name = name
+        self._mirror: dict[str, Record] | None = None
+        self._tombstones: set[str] = set()   # deleted here, delete not yet seen by the watch
+        self._follower: asyncio.Task | None = None
+        self._watcher: KeyValue.KeyWatcher | None = None
 
     @classmethod
     async def open(cls, client: Client, bucket: str, *, description: str = "", history: int = 1,
@@ -42,7 +52,7 @@ class Records:
         except BucketNotFoundError:
             kv = await js.create_key_value(KeyValueConfig(
                 bucket=bucket, description=description, history=history, storage=StorageType.FILE,
-                max_value_size=max_value_size, max_bytes=max_bytes))
+                max_value_size=max_value_size, max_bytes=max_bytes, direct=True))
         return cls(kv, bucket)
 
     async def get(self, key: str) -> Record:
@@ -51,6 +61,11 @@ class Records:
         except KeyNotFoundError:
             raise NotFound(f"{key} not found") from None
         return Record(key, orjson.loads(entry.value), entry.revision)
+
+    async def lookup(self, key: str) -> Record:
+        """Like `get`, from the mirror when there is one (falls back to the bucket on a miss)."""
+        record = self._mirror.get(key) if self._mirror is not None else None
+        return record or await self.get(key)
 
     async def find(self, key: str) -> Record | None:
         try:
@@ -64,7 +79,7 @@ class Records:
             revision = await self._kv.create(key, orjson.dumps(value))
         except KeyWrongLastSequenceError:
             raise Conflict(f"{key} already exists") from None
-        return Record(key, value, revision)
+        return self._remember(Record(key, value, revision))
 
     async def update(self, key: str, value: dict[str, Any], revision: int) -> Record:
         """Replace a record only if it is still at `revision`; Conflict otherwise."""
@@ -72,7 +87,7 @@ class Records:
             new_revision = await self._kv.update(key, orjson.dumps(value), last=revision)
         except KeyWrongLastSequenceError:
             raise Conflict(f"{key} changed concurrently (expected revision {revision})") from None
-        return Record(key, value, new_revision)
+        return self._remember(Record(key, value, new_revision))
 
     async def delete(self, key: str, revision: int) -> None:
         """Delete a record only if it is still at `revision`; Conflict otherwise."""
@@ -82,6 +97,9 @@ class Records:
             if exc.err_code in _WRONG_LAST_SEQUENCE:
                 raise Conflict(f"{key} changed concurrently (expected revision {revision})") from None
             raise
+        if self._mirror is not None:
+            self._mirror.pop(key, None)
+            self._tombstones.add(key)
 
     async def mutate(self, key: str, change: Callable[[dict[str, Any]], Awaitable[dict[str, Any]] | dict[str, Any]]
                      ) -> Record:
@@ -102,3 +120,37 @@ class Records:
             return await self._kv.keys()
         except NoKeysError:
             return []
+
+    async def mirror(self, limit: int = 100_000) -> None:
+        """Follow the bucket in memory so `lookup` costs no round trip; at most `limit` records."""
+        if self._mirror is not None:
+            return
+        self._mirror = {}
+        self._watcher = await self._kv.watchall()
+        self._follower = asyncio.create_task(self._follow(limit))
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            await self._watcher.stop()
+            self._watcher = None
+        if self._follower is not None:
+            self._follower.cancel()
+            self._follower = None
+        self._mirror = None
+
+    async def _follow(self, limit: int) -> None:
+        async for entry in self._watcher:
+            if entry is None:  # the end of the initial values
+                continue
+            if entry.operation in ("DEL", "PURGE"):
+                self._mirror.pop(entry.key, None)
+                self._tombstones.discard(entry.key)
+            elif entry.key not in self._tombstones and (entry.key in self._mirror or len(self._mirror) < limit):
+                self._remember(Record(entry.key, orjson.loads(entry.value), entry.revision))
+
+    def _remember(self, record: Record) -> Record:
+        if self._mirror is not None:
+            known = self._mirror.get(record.key)
+            if known is None or known.revision < record.revision:
+                self._mirror[record.key] = record
+        return record

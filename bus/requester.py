@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from nats.aio.client import Client
@@ -16,11 +17,15 @@ DEFAULT_TIMEOUT = 5.0
 
 @dataclass(frozen=True)
 class Reply:
-    """A decoded reply: `payload` is JSON/CBOR-decoded, or bytes for octet-stream."""
+    """A reply: `data` as received, `payload` decoded on first use (adapters often pass `data` on)."""
 
-    payload: Any
+    data: bytes
     content_type: str
     headers: dict[str, str]
+
+    @cached_property
+    def payload(self) -> Any:
+        return codec.decode(self.data, self.content_type)
 
 
 def raise_for_error(hdrs: dict[str, str] | None) -> None:
@@ -61,5 +66,4 @@ class Requester:
             raise errors.Timeout(f"{subject} did not answer within {timeout:g}s") from None
         raise_for_error(msg.headers)
         body = await self.payloads.unpack(msg.data, msg.headers)
-        reply_type = codec.content_type_of(msg.headers)
-        return Reply(codec.decode(body, reply_type), reply_type, dict(msg.headers or {}))
+        return Reply(body, codec.content_type_of(msg.headers), dict(msg.headers or {}))

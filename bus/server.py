@@ -137,5 +137,9 @@ class EmbeddedServer:
         _log.info("nats-server stopped", url=self.url)
 
     @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.returncode is None

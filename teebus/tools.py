@@ -117,8 +117,7 @@ async def request(client: Client, subject: str, data: str, content_type: str, ti
     except BusError as exc:
         print(f"error {exc.status}: {exc.message}", file=sys.stderr)
         return 1
-    encoded = codec.encode(reply.payload, reply.content_type)
-    print(render_payload(encoded, {headers.CONTENT_TYPE: reply.content_type}), file=out)
+    print(render_payload(reply.data, {headers.CONTENT_TYPE: reply.content_type}), file=out)
     return 0
 
 

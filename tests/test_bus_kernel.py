@@ -169,3 +169,32 @@ async def test_events_are_kept_in_the_stream(connect_as):
 def test_cbor_decode_bounds_are_bad_requests():
     with pytest.raises(BadRequest):
         codec.decode(cbor2.dumps({"a": 1})[:-1], headers.CBOR)
+
+
+async def test_mirror_follows_other_writers_and_hides_local_deletes(connect_as):
+    reader = await Records.open(await connect_as("component"), "test_mirror")
+    writer = await Records.open(await connect_as("component"), "test_mirror")
+    await reader.mirror()
+    key = f"m{os.urandom(4).hex()}"
+    with pytest.raises(NotFound):
+        await reader.lookup(key)
+    created = await writer.create(key, {"v": 1})
+
+    async def sees(value) -> bool:
+        found = reader._mirror.get(key)
+        return (found.value if found else None) == value
+
+    await eventually(lambda: sees({"v": 1}))               # delivered by the watch, no read needed
+    await writer.update(key, {"v": 2}, created.revision)
+    await eventually(lambda: sees({"v": 2}))
+    await writer.delete(key, (await writer.get(key)).revision)
+    await eventually(lambda: sees(None))
+    with pytest.raises(NotFound):
+        await reader.lookup(key)
+
+    again = await reader.create(key, {"v": 3})
+    assert (await reader.lookup(key)).value == {"v": 3}
+    await reader.delete(key, again.revision)
+    with pytest.raises(NotFound):                          # a local delete is hidden at once
+        await reader.lookup(key)
+    await reader.close()

@@ -40,7 +40,7 @@ def kms_routes(context: SiteContext) -> list[web.RouteDef]:
         body = await read_json(context, request)
         parsed = kms_messages.parse_request(body)
         reply = await context.requester.request(subjects.kms(parsed.operation), body)
-        return json_response(reply.payload)
+        return web.Response(body=reply.data, content_type="application/json")
 
     return [web.post("/", kms)]
 

@@ -65,13 +65,10 @@ class SiteContext:
         limit = self.site.body_limit
         if request.content_length is not None and request.content_length > limit:
             raise TooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes")
-        chunks, size = [], 0
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > limit:
-                raise TooLarge(f"request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        try:
+            return await request.read()  # the app's client_max_size is the same limit
+        except web.HTTPRequestEntityTooLarge:
+            raise TooLarge(f"request body exceeds the limit of {limit} bytes") from None
 
 
 def internal_token_digest(data_dir: Path) -> bytes:
