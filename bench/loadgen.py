@@ -23,10 +23,12 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable
+from typing import Any
 
 import aiohttp
 import orjson
+
+from bus import loop as bus_loop
 
 REQUEST_TIMEOUT = 10.0
 ERROR_BACKOFF = 0.01
@@ -127,19 +129,8 @@ async def run(spec: dict[str, Any]) -> None:
         print(orjson.dumps(result).decode(), flush=True)
 
 
-def run_loop(coro: Awaitable[None]) -> None:
-    """uvloop when installed: the client gets the same event loop as the servers."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(coro)
-
-
 def main() -> int:
-    run_loop(run(orjson.loads(sys.stdin.buffer.read())))
+    bus_loop.run(run(orjson.loads(sys.stdin.buffer.read())))
     return 0
 
 

@@ -24,6 +24,7 @@ from aiohttp import web
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from bus import loop as bus_loop
 from bus.connection import connect
 
 SUBJECT = "bench.echo"
@@ -121,19 +122,8 @@ async def run_until_signalled(args: argparse.Namespace) -> None:
     await ROLES[args.role](args, stop)
 
 
-def run(coro: Awaitable[None]) -> None:
-    """Run on uvloop when installed, like `teebus` does."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(coro)
-
-
 def main(argv: list[str] | None = None) -> int:
-    run(run_until_signalled(parse_args(argv)))
+    bus_loop.run(run_until_signalled(parse_args(argv)))
     return 0
 
 

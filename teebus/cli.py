@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from bus import headers, log
+from bus import loop as bus_loop
 from bus.connection import BusConnectError, connect
 from bus.errors import BusError
 from bus.server import ServerError
@@ -124,20 +124,11 @@ async def _events(client: Any, since: Any, follow: bool, subject: str) -> int:
     return 0
 
 
-def _run(coro: Awaitable[int]) -> int:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log.configure(args.log_level, json=True if args.log_json else None)
     try:
-        return _run(dispatch(args))
+        return bus_loop.run(dispatch(args))
     except KeyboardInterrupt:
         return 130
     except (ServerError, BusConnectError, FileNotFoundError, ValueError, OSError) as exc:
