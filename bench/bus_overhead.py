@@ -1,9 +1,11 @@
-"""What does the bus cost? Three HTTP targets measured in one run by the same load generator.
+"""What does the bus cost? Four HTTP targets measured in one run by the same load generator.
 
     (a) bare      an aiohttp handler: POST / -> a small JSON body (the HTTP floor);
     (b) pipeline  an aiohttp handler that does one nats-py `nc.request()` to a plain nats-py
                   responder in another process and returns its reply: the least this architecture
                   (HTTP adapter -> NATS -> component process) can cost;
+    (h) headers   (b) with the two headers every teebus hop carries (Content-Type, a request id),
+                  answered in kind: what the bus conventions alone cost in nats-py;
     (c) teebus    MesaTEE KMS `Get` through the real HTTP adapter (`teebus run http.mesatee`) and the
                   real component (`teebus run mesatee.kms`), each in its own process, with the
                   internal bearer token, against a key created first.
@@ -16,8 +18,10 @@ have the size of a KMS `Get` request and reply, so only the machinery differs.
 
 How to read the ratios (1.00 means as fast as the baseline):
     b/a  what one NATS round trip through a second process costs over bare HTTP;
+    h/b  what the two headers of the bus conventions cost nats-py on both hops;
     c/b  what teebus adds on top of that bare pipeline (codecs, headers, request ids, logging
          context, micro service, validation, auth, the KV read, unsealing) -- target >= 0.8;
+    c/h  the same without the headers' share: teebus's own code;
     c/a  teebus end to end against bare HTTP.
 Each ratio is given twice: by req/s (the target's figure), and by server CPU per request (the CPU
 microseconds all serving processes, nats-server included, spend on one request; the baseline's
@@ -28,7 +32,7 @@ process near 100% is the bottleneck. On a small machine the load generator compe
 servers for cores, so (a) may be bounded by the client; "other load" shows CPU used by processes
 that are not part of the benchmark (rerun, or use --rounds, when it is high).
 
-    python bench/bus_overhead.py [--workers 64] [--seconds 5] [--warmup 1] [--rounds 1] [--only abc]
+    python bench/bus_overhead.py [--workers 64] [--seconds 5] [--warmup 1] [--rounds 1] [--only abhc]
 """
 
 from __future__ import annotations
@@ -113,14 +117,21 @@ def nats_server_pid(server: EmbeddedServer) -> dict[str, int]:
     return {"nats-server": server.pid} if server.pid is not None else {}
 
 
-async def start_pipeline(children: Children, server: EmbeddedServer, data_dir: Path) -> Target:
+async def start_pipeline(children: Children, server: EmbeddedServer, data_dir: Path,
+                         with_headers: bool = False) -> Target:
+    """(b), or (h) when the requests and replies carry the two headers teebus puts on every hop."""
+    name = "h" if with_headers else "b"
     port = free_port()
-    bus_args = ["--nats", server.url, "--data-dir", str(data_dir)]
-    responder = await children.start("b-responder", python_module("bench.servers", "responder", *bus_args))
-    proxy = await children.start("b-proxy", python_module("bench.servers", "proxy", "--port", str(port),
-                                                          *bus_args))
-    return Target("b", "aiohttp -> nc.request -> responder", f"http://{HOST}:{port}/", GET_BODY,
-                  processes={"b-proxy": proxy.pid, "b-responder": responder.pid, **nats_server_pid(server)})
+    bus_args = ["--nats", server.url, "--data-dir", str(data_dir), "--subject", f"bench.{name}"]
+    responder = await children.start(f"{name}-responder",
+                                     python_module("bench.servers", "responder", *bus_args))
+    proxy_args = [*bus_args, "--headers"] if with_headers else bus_args
+    proxy = await children.start(f"{name}-proxy", python_module("bench.servers", "proxy", "--port", str(port),
+                                                                 *proxy_args))
+    label = "the same with teebus's 2 headers" if with_headers else "aiohttp -> nc.request -> responder"
+    return Target(name, label, f"http://{HOST}:{port}/", GET_BODY,
+                  processes={f"{name}-proxy": proxy.pid, f"{name}-responder": responder.pid,
+                             **nats_server_pid(server)})
 
 
 async def start_teebus(children: Children, server: EmbeddedServer, data_dir: Path) -> Target:
@@ -257,7 +268,9 @@ def print_cpu(results: list[Result]) -> None:
 
 
 RATIO_MEANINGS = {("b", "a"): "one NATS round trip through a second process, over bare HTTP",
+                  ("h", "b"): "nats-py with headers (Content-Type, request id), over without",
                   ("c", "b"): "teebus adapter + component, over the bare pipeline",
+                  ("c", "h"): "teebus adapter + component, over the bare pipeline with headers",
                   ("c", "a"): "teebus end to end, over bare HTTP"}
 
 
@@ -305,15 +318,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured warmup per target (default 1)")
     parser.add_argument("--max-requests", type=int, default=1_000_000,
                         help="end a target's window early after this many requests (default 1000000)")
-    parser.add_argument("--only", default="abc", help="targets to measure, e.g. `bc` (default abc)")
+    parser.add_argument("--only", default="abhc", help="targets to measure, e.g. `bc` (default abhc)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure the targets this many times, interleaved; report each one's best round")
     args = parser.parse_args(argv)
     if min(args.workers, args.max_requests, args.rounds) < 1 or args.seconds <= 0 or args.warmup < 0:
         parser.error("--workers, --seconds, --max-requests and --rounds must be positive, "
                      "--warmup not negative")
-    if not args.only or set(args.only) - set("abc"):
-        parser.error("--only takes letters from abc")
+    if not args.only or set(args.only) - set("abhc"):
+        parser.error("--only takes letters from abhc")
     return args
 
 
@@ -323,6 +336,8 @@ async def start_targets(children: Children, server: EmbeddedServer, data_dir: Pa
         targets.append(await start_bare(children))
     if "b" in only:
         targets.append(await start_pipeline(children, server, data_dir))
+    if "h" in only:
+        targets.append(await start_pipeline(children, server, data_dir, with_headers=True))
     if "c" in only:
         targets.append(await start_teebus(children, server, data_dir))
     return targets

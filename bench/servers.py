@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import os
 import signal
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bus import loop as bus_loop
+from bus.headers import CONTENT_TYPE, JSON, REQUEST_ID
 from bus.connection import connect
 
 SUBJECT = "bench.echo"
@@ -46,11 +48,14 @@ async def bare_handler(request: web.Request) -> web.Response:
     return json_response(REPLY)
 
 
-def proxy_handler(client: Client) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """(b): forward the body with one NATS request and return the reply's bytes."""
+def proxy_handler(client: Client, subject: str, with_headers: bool
+                  ) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """(b): forward the body with one NATS request and return the reply's bytes; (h) adds the two
+    headers every teebus hop carries (Content-Type and a request id)."""
 
     async def handler(request: web.Request) -> web.Response:
-        msg = await client.request(SUBJECT, await request.read(), timeout=REQUEST_TIMEOUT)
+        hdrs = {CONTENT_TYPE: JSON, REQUEST_ID: os.urandom(16).hex()} if with_headers else None
+        msg = await client.request(subject, await request.read(), timeout=REQUEST_TIMEOUT, headers=hdrs)
         return json_response(msg.data)
 
     return handler
@@ -76,7 +81,7 @@ async def bare(args: argparse.Namespace, stop: asyncio.Event) -> None:
 async def proxy(args: argparse.Namespace, stop: asyncio.Event) -> None:
     client = await connect(args.nats, "admin", data_dir=args.data_dir, name="bench-proxy")
     try:
-        await serve_http(args.port, proxy_handler(client), stop)
+        await serve_http(args.port, proxy_handler(client, args.subject, args.headers), stop)
     finally:
         await client.drain()
 
@@ -85,10 +90,14 @@ async def responder(args: argparse.Namespace, stop: asyncio.Event) -> None:
     client = await connect(args.nats, "admin", data_dir=args.data_dir, name="bench-responder")
 
     async def answer(msg: Msg) -> None:
-        await msg.respond(REPLY)
+        if msg.headers:  # answer in kind, as a teebus component does
+            await client.publish(msg.reply, REPLY, headers={CONTENT_TYPE: JSON,
+                                                            REQUEST_ID: msg.headers.get(REQUEST_ID, "")})
+        else:
+            await msg.respond(REPLY)
 
     try:
-        await client.subscribe(SUBJECT, queue=QUEUE, cb=answer)
+        await client.subscribe(args.subject, queue=QUEUE, cb=answer)
         await client.flush()
         await stop.wait()
     finally:
@@ -106,6 +115,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help="HTTP port (bare, proxy)")
     parser.add_argument("--nats", help="NATS URL (proxy, responder)")
     parser.add_argument("--data-dir", type=Path, help="holds nats.credentials (proxy, responder)")
+    parser.add_argument("--subject", default=SUBJECT, help="NATS subject (proxy, responder)")
+    parser.add_argument("--headers", action="store_true", help="proxy: send teebus's two headers")
     args = parser.parse_args(argv)
     if args.role in ("bare", "proxy") and args.port is None:
         parser.error(f"{args.role} needs --port")

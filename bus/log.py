@@ -9,10 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextvars import ContextVar
 from typing import Any, MutableMapping, TextIO
 
 import structlog
-from structlog.contextvars import bind_contextvars, clear_contextvars, get_contextvars
+from structlog.contextvars import bind_contextvars, clear_contextvars
+
+_request_id: ContextVar[str | None] = ContextVar("teebus_request_id", default=None)
 
 REDACTED = "[redacted]"
 _SECRET_WORDS = ("key", "token", "password", "secret", "authorization", "config", "nonce", "ad")
@@ -68,7 +71,9 @@ def bind_request(request_id: str, **values: Any) -> None:
     """Start a request's logging context (called once per request by components and adapters)."""
     clear_contextvars()
     bind_contextvars(request_id=request_id, **values)
+    _request_id.set(request_id)
 
 
 def current_request_id() -> str | None:
-    return get_contextvars().get("request_id")
+    """The request being served in this task (its own variable: read on every outgoing request)."""
+    return _request_id.get()

@@ -7,7 +7,7 @@ so a recording of bus traffic reads in the API's own terms.
 from __future__ import annotations
 
 import base64
-import uuid
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,7 @@ KEY_BYTES = 32
 NONCE_BYTES = 12
 AD_BYTES = 5
 MAX_KEY_ID_CHARS = 64
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,9 @@ def parse_key_id(value: Any) -> str:
                          "\"cfbe341e-cf3c-463e-a493-6b22c57f51d4\"")
     if len(value) > MAX_KEY_ID_CHARS:
         raise BadRequest(f"key_id is longer than {MAX_KEY_ID_CHARS} characters; it must be a UUID")
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise BadRequest(f"key_id {value!r} is not a UUID") from None
+    if not _UUID.match(value):
+        raise BadRequest(f"key_id {value!r} is not a UUID (8-4-4-4-12 hexadecimal digits)")
+    return value.lower()
 
 
 def parse_request(body: Any, expected: str | None = None) -> KmsRequest:
