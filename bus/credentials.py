@@ -31,17 +31,24 @@ def write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def read_private(path: Path) -> bytes:
+    """Read a secret file, refusing one that its group or others may read."""
+    if path.stat().st_mode & 0o077:
+        raise PermissionError(f"{path} holds a secret but others may read it: run `chmod 600 {path}`")
+    return path.read_bytes()
+
+
 def ensure_secret_file(path: Path, nbytes: int = 32) -> str:
     """Return the hex secret stored at `path`, creating it on first use."""
     if not path.exists():
         write_private(path, secrets.token_hex(nbytes).encode())
-    return path.read_text().strip()
+    return read_private(path).decode().strip()
 
 
 def ensure(data_dir: Path) -> dict[str, str]:
     """Load the role passwords, generating any that are missing."""
     path = data_dir / FILE_NAME
-    current: dict[str, str] = orjson.loads(path.read_bytes()) if path.exists() else {}
+    current: dict[str, str] = orjson.loads(read_private(path)) if path.exists() else {}
     missing = [role for role in ROLES if role not in current]
     if missing:
         for role in missing:
@@ -56,7 +63,7 @@ def load(data_dir: Path) -> dict[str, str]:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: start `teebus up --data-dir {data_dir}` once, "
                                 "or copy the credentials file of the deployment you join")
-    return orjson.loads(path.read_bytes())
+    return orjson.loads(read_private(path))
 
 
 def server_environment(passwords: dict[str, str]) -> dict[str, str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from bus.credentials import write_private
+from bus.credentials import read_private, write_private
 
 NONCE_BYTES = 12
 
@@ -32,9 +32,7 @@ class MasterKey:
         """Load the key at `path`, generating it on first start; refuse a file others can read."""
         if not path.exists():
             write_private(path, AESGCM.generate_key(bit_length=256))
-        if path.stat().st_mode & 0o077:
-            raise PermissionError(f"{path} must be private to its owner: run `chmod 600 {path}`")
-        return cls(path.read_bytes())
+        return cls(read_private(path))
 
     def seal(self, plaintext: bytes, associated: bytes) -> bytes:
         nonce = os.urandom(NONCE_BYTES)

@@ -59,8 +59,9 @@ async def gather(client: Client, subject: str, wait: float = DISCOVERY_WAIT) -> 
 
 
 async def status(client: Client, out: TextIO = sys.stdout) -> list[dict[str, Any]]:
-    """Print live services, replicas and per-endpoint stats; return the raw stats."""
-    stats = await gather(client, "$SRV.STATS")
+    """Print live services (INFO: description), replicas and per-endpoint stats (STATS); return the stats."""
+    stats, infos = await asyncio.gather(gather(client, "$SRV.STATS"), gather(client, "$SRV.INFO"))
+    descriptions = {info["name"]: info.get("description") or "" for info in infos}
     by_name: dict[str, list[dict[str, Any]]] = {}
     for entry in stats:
         by_name.setdefault(entry["name"], []).append(entry)
@@ -69,6 +70,8 @@ async def status(client: Client, out: TextIO = sys.stdout) -> list[dict[str, Any
     for name in sorted(by_name):
         replicas = by_name[name]
         print(f"{name} {replicas[0]['version']}  replicas: {len(replicas)}", file=out)
+        if descriptions.get(name):
+            print(f"  {descriptions[name]}", file=out)
         for replica in replicas:
             print(f"  {replica['id']}  since {replica.get('started', '?')}", file=out)
             for endpoint in replica.get("endpoints") or []:

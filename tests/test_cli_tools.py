@@ -506,3 +506,10 @@ def test_cli_status_without_a_bus_fails_clearly(tmp_path):
     assert result.returncode == 1
     assert "does not exist: start `teebus up --data-dir" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_status_shows_each_services_description(start_component, connect_as):
+    await start_component(KmsComponent)
+    out = io.StringIO()
+    await tools.status(await connect_as("observer"), out=out)
+    assert KmsComponent.description in _service_block(out.getvalue(), "mesatee-kms")

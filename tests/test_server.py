@@ -75,3 +75,15 @@ async def test_unreachable_server_fails_fast(monkeypatch):
     monkeypatch.setattr("bus.connection.FIRST_CONNECT_TIMEOUT", 1.0)
     with pytest.raises(BusConnectError, match="cannot reach NATS"):
         await connect(f"nats://127.0.0.1:{free_port()}", "observer", passwords={"observer": "x"})
+
+
+@pytest.mark.parametrize("name", [credentials.FILE_NAME, "internal.token"])
+def test_secret_files_readable_by_others_are_refused(tmp_path, name):
+    path = tmp_path / name
+    if name == credentials.FILE_NAME:
+        credentials.ensure(tmp_path)
+    else:
+        credentials.ensure_secret_file(path)
+    path.chmod(0o644)
+    with pytest.raises(PermissionError, match=f"chmod 600 {path}"):
+        credentials.load(tmp_path) if name == credentials.FILE_NAME else credentials.ensure_secret_file(path)
