@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -60,6 +60,7 @@ class Context:
 
     client: Client
     data_dir: Path
+    options: dict[str, Any] = field(default_factory=dict)  # per-system settings, e.g. options["enarx"]
 
 
 @dataclass

@@ -13,9 +13,9 @@ from pathlib import Path
 import bcrypt
 import orjson
 
-ROLES = ("component", "adapter", "gateway", "observer", "admin")
+ROLES = ("component", "adapter", "gateway", "observer", "admin", "keepldr")
 FILE_NAME = "nats.credentials"
-_BCRYPT_COST = 10
+BCRYPT_COST = 10
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -70,6 +70,6 @@ def server_environment(passwords: dict[str, str]) -> dict[str, str]:
     """Environment for nats-server: bcrypt hashes, quoted so the config parser takes them literally."""
     env = {}
     for role, password in passwords.items():
-        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(_BCRYPT_COST)).decode()
+        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(BCRYPT_COST)).decode()
         env[f"TEEBUS_NATS_{role.upper()}"] = f'"{hashed}"'
     return env

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bus import credentials, log
+from bus import credentials, log, users
 
 _log = log.get_logger("bus.server")
 READY_TIMEOUT = 15.0
@@ -80,8 +80,10 @@ class EmbeddedServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.passwords = credentials.ensure(self.data_dir)
         env = {**os.environ, **credentials.server_environment(self.passwords)}
-        args = [str(find_binary()), "-c", str(self.config), "--addr", self.host, "--port", str(self.port),
-                "--store_dir", str(self.data_dir / "jetstream"), "--log", str(self.log_path)]
+        config = users.render(self.config, self.data_dir)
+        args = [str(find_binary()), "-c", str(config), "--addr", self.host, "--port", str(self.port),
+                "--store_dir", str(self.data_dir / "jetstream"), "--log", str(self.log_path),
+                "--pid", str(users.pid_file(self.data_dir))]
         if self.log_path.exists():
             self.log_path.replace(self.log_path.with_suffix(".log.1"))
         with open(self.log_path, "ab") as early_output:  # config errors come before --log applies

@@ -7,10 +7,12 @@ from typing import Any
 
 COMPONENTS = {
     "mesatee.kms": "components.mesatee.kms:KmsComponent",
+    "enarx.keepmgr": "components.enarx.keepmgr:KeepManager",
 }
 
 HTTP_ADAPTERS = {
     "http.mesatee": "adapters.http.mesatee:sites",
+    "http.enarx": "adapters.http.enarx:sites",
 }
 
 

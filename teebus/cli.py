@@ -14,7 +14,8 @@ from bus.errors import BusError
 from bus.server import ServerError
 from teebus import catalog, tools
 from teebus.launcher import Node, System, serve_until_signalled
-from teebus.settings import DEFAULT_DATA_DIR, DEFAULT_NATS_PORT, Settings, parse_port_overrides
+from teebus.settings import (DEFAULT_DATA_DIR, DEFAULT_NATS_PORT, Settings, parse_keep_loaders,
+                             parse_port_overrides)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +24,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nats", metavar="URL", help="join this NATS deployment instead of embedding one")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--log-json", action="store_true", help="JSON log lines even on a terminal")
+
+
+def _enarx(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Enarx keeps")
+    group.add_argument("--keep-loader", action="append", default=[], metavar="BACKEND=PATH",
+                       help="platform keep loader for Kvm, Sev or Sgx (teebus ships only Nil's)")
+    group.add_argument("--max-keeps", type=int, help="live keeps on this host (default 64)")
+    group.add_argument("--wasm-deadline", type=float, metavar="SECONDS", help="per workload (default 10)")
+    group.add_argument("--wasm-fuel", type=int, metavar="UNITS", help="instruction budget per workload")
+    group.add_argument("--wasm-memory", type=int, metavar="BYTES", help="linear memory cap (default 256 MiB)")
+    group.add_argument("--wasm-output", type=int, metavar="BYTES", help="stdout and stderr cap (default 1 MiB)")
+    group.add_argument("--wasm-max-module", type=int, metavar="BYTES", help="largest module (default 64 MiB)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,12 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1", help="address the HTTP adapters listen on")
     up.add_argument("--port", action="append", default=[], metavar="SITE=PORT",
                     help="move one site, e.g. --port mesatee-kms=7016")
+    _enarx(up)
 
     run = commands.add_parser("run", help="run chosen components/adapters against --nats URL")
     _common(run)
     run.add_argument("names", nargs="+", metavar="NAME", help=f"any of: {', '.join(catalog.names())}")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", action="append", default=[], metavar="SITE=PORT")
+    _enarx(run)
 
     status = commands.add_parser("status", help="live services, replicas and stats ($SRV.STATS)")
     _common(status)
@@ -79,7 +94,23 @@ def settings_from(args: argparse.Namespace) -> Settings:
         settings.http_host = args.host
     if hasattr(args, "port"):
         settings.ports = parse_port_overrides(args.port)
+    if hasattr(args, "keep_loader"):
+        settings.enarx = enarx_settings(args)
     return settings.resolved()
+
+
+def enarx_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The Enarx part of the options each component gets (components/enarx/config.py)."""
+    limits = {name: value for name, value in (
+        ("deadline_seconds", args.wasm_deadline), ("fuel", args.wasm_fuel),
+        ("max_memory_bytes", args.wasm_memory), ("max_output_bytes", args.wasm_output),
+        ("max_module_bytes", args.wasm_max_module)) if value is not None}
+    result: dict[str, Any] = {"workload_limits": limits} if limits else {}
+    if args.max_keeps is not None:
+        result["max_keeps"] = args.max_keeps
+    if args.keep_loader:
+        result["backends"] = {"loaders": parse_keep_loaders(args.keep_loader)}
+    return result
 
 
 async def _with_client(settings: Settings, role: str, action: Callable[[Any], Awaitable[int | None]]) -> int:

@@ -46,7 +46,8 @@ class Node:
                 client = await self._connect("component", name)
                 await payloads.ensure_store(client)
                 await bus_events.ensure_stream(client)
-                component = catalog.load(catalog.COMPONENTS[name])(Context(client, self.settings.data_dir))
+                component = catalog.load(catalog.COMPONENTS[name])(
+                    Context(client, self.settings.data_dir, self.settings.component_options()))
                 await component.start()
                 self.components.append(component)
             if adapter_names:

@@ -375,7 +375,9 @@ class _Up:
         with open(log, "wb") as stderr:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "teebus.cli", "up", "--data-dir", str(data_dir),
-                 "--nats-port", str(nats_port), "--port", f"mesatee-kms={kms_port}", "--log-level", "warning"],
+                 "--nats-port", str(nats_port), "--port", f"mesatee-kms={kms_port}",
+                 "--port", f"enarx-keepmgr={free_port()}", "--port", f"enarx-wasmldr={free_port()}",
+                 "--log-level", "warning"],
                 stdout=subprocess.PIPE, stderr=stderr, cwd=REPO_ROOT, env=_env())
         self.output = ""
 
@@ -430,12 +432,14 @@ def test_cli_up_status_req_events_and_clean_shutdown(tmp_path):
         assert bad.returncode == 1
         assert bad.stderr.startswith("error 400: a Get request needs a key_id")
 
-        events = _cli("events", "--since", "5m", *where)
+        events = _cli("events", "--since", "5m", "--subject", "events.mesatee.>", *where)
         assert events.returncode == 0, events.stderr
         lines = [orjson.loads(line) for line in events.stdout.splitlines()]
         assert [(line["subject"], line["event"]["key_id"]) for line in lines] == \
             [("events.mesatee.key.created", key_id)]
-        assert lines[0]["seq"] == 1  # a fresh data directory: the first event ever stored
+        everything = [orjson.loads(line) for line in _cli("events", *where).stdout.splitlines()]
+        assert everything[0]["seq"] == 1  # a fresh data directory: the first event ever stored
+        assert {"events.mesatee.key.created", "events.enarx.contract.offered"} <= {e["subject"] for e in everything}
 
         assert bad_since.returncode == 1
         assert "--since takes an ISO time or a duration like 15m, 2h, 7d; got 'soon'" in bad_since.stderr
@@ -497,7 +501,7 @@ def test_cli_run_unknown_name_lists_the_known_ones(tmp_path):
                   "--data-dir", str(tmp_path))
     assert result.returncode != 0
     assert "unknown component or adapter unknown.name" in result.stderr
-    assert "known: mesatee.kms, http.mesatee" in result.stderr
+    assert "known: mesatee.kms, enarx.keepmgr, http.mesatee, http.enarx" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -40,6 +41,7 @@ class Site:
     render_error: ErrorRenderer
     body_limit: int = DEFAULT_BODY_LIMIT
     internal: bool = False
+    tls: ssl.SSLContext | None = None   # HTTPS with this context (the wasmldr's keep certificate)
 
 
 @dataclass
@@ -123,14 +125,14 @@ class HttpServer:
                                    handle_signals=False)
             await runner.setup()
             try:
-                await web.TCPSite(runner, self.host, site.port, backlog=1024).start()
+                await web.TCPSite(runner, self.host, site.port, backlog=1024, ssl_context=site.tls).start()
             except OSError as exc:
                 await runner.cleanup()
                 await self.stop()
                 raise OSError(f"cannot listen on {self.host}:{site.port} for {site.name}: {exc.strerror}; "
                               f"free the port or move the site with --port {site.name}=PORT") from None
             self._runners.append(runner)
-            self.bound[site.name] = f"http://{self.host}:{site.port}"
+            self.bound[site.name] = f"{'https' if site.tls else 'http'}://{self.host}:{site.port}"
 
     async def stop(self) -> None:
         for runner in reversed(self._runners):

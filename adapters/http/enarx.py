@@ -1,0 +1,140 @@
+"""Enarx over HTTP: the keep manager on 3030 (plain HTTP) and each keep's wasmldr (HTTPS).
+
+Bodies are raw CBOR in serde's form (FACTS.md); no Content-Type is needed. Every error is a CBOR
+`LocalCborErr {"details": ...}` with a fitting status. Beyond the seed: `GET /keeps`,
+`GET /keep/<kuuid>` and `DELETE /keep/<kuuid>`.
+"""
+
+from __future__ import annotations
+
+import ssl
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import cbor2
+from aiohttp import web
+
+from adapters.http.runner import Site, SiteContext
+from bus.errors import BadRequest, TooLarge, Unavailable
+from bus.headers import CBOR, OCTETS
+from components.enarx import messages, subjects
+
+DEFAULT_PORTS = {"enarx-keepmgr": 3030, "enarx-wasmldr": 3040}
+KEEPMGR_BODY_LIMIT = 8 * 1024 * 1024        # opaque keep traffic (the bus's max_payload)
+NEW_KEEP_TIMEOUT = 60.0
+SHUTDOWN_TIMEOUT = 30.0
+WORKLOAD_MARGIN = 2 * 1024 * 1024           # CBOR framing, args, env around the module
+
+
+def render_error(status: int, message: str) -> web.Response:
+    return cbor_response(messages.error(message), status=status)
+
+
+def cbor_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=cbor2.dumps(body), status=status, content_type=CBOR)
+
+
+async def read_cbor(context: SiteContext, request: web.Request, what: str) -> Any:
+    raw = await context.body(request)
+    try:
+        return cbor2.loads(raw)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError) as exc:
+        raise BadRequest(f"the body must be one CBOR item ({what}); it does not decode: {exc}") from None
+
+
+def path_kuuid(request: web.Request) -> str:
+    return messages.parse_uuid(request.match_info["kuuid"], "the keep id in the URL")
+
+
+def keepmgr_routes(context: SiteContext) -> list[web.RouteDef]:
+    bus = context.requester
+
+    async def contracts(request: web.Request) -> web.Response:
+        reply = await bus.request(subjects.CONTRACTS, None, content_type=CBOR)
+        return web.Response(body=reply.data, content_type=CBOR)
+
+    async def new_keep(request: web.Request) -> web.Response:
+        contract = await read_cbor(context, request, "a KeepContract")
+        messages.parse_contract(contract)
+        reply = await bus.request(subjects.NEW_KEEP, {"contract": contract,
+                                                      "path_uuid": request.match_info.get("uuid")},
+                                  content_type=CBOR, timeout=NEW_KEEP_TIMEOUT)
+        return web.Response(body=reply.data, content_type=CBOR)
+
+    async def converse(request: web.Request) -> web.Response:
+        kuuid = path_kuuid(request)
+        body = await context.body(request)
+        try:
+            reply = await bus.request(subjects.keep(kuuid), body, content_type=OCTETS)
+        except Unavailable:
+            raise await _why_unreachable(kuuid) from None
+        return web.Response(body=reply.data, content_type=CBOR)
+
+    async def _why_unreachable(kuuid: str) -> Exception:
+        keep = (await bus.request(subjects.KEEP_GET, {"kuuid": kuuid}, content_type=CBOR)).payload
+        reason = f" ({keep['error']})" if keep.get("error") else ""
+        return Unavailable(f"the loader of keep {kuuid} is gone: the keep is {keep['state']}{reason}")
+
+    async def keeps(request: web.Request) -> web.Response:
+        reply = await bus.request(subjects.KEEPS, None, content_type=CBOR)
+        return web.Response(body=reply.data, content_type=CBOR)
+
+    async def keep(request: web.Request) -> web.Response:
+        reply = await bus.request(subjects.KEEP_GET, {"kuuid": path_kuuid(request)}, content_type=CBOR)
+        return web.Response(body=reply.data, content_type=CBOR)
+
+    async def shutdown(request: web.Request) -> web.Response:
+        reply = await bus.request(subjects.KEEP_DELETE, {"kuuid": path_kuuid(request)}, content_type=CBOR,
+                                  timeout=SHUTDOWN_TIMEOUT)
+        return web.Response(body=reply.data, content_type=CBOR)
+
+    return [web.post("/contracts", contracts), web.post("/contracts/", contracts),
+            web.post("/new_keep", new_keep), web.post("/new_keep/", new_keep),
+            web.post("/new_keep/{uuid}", new_keep),
+            web.post("/keep/{kuuid}", converse), web.post("/keep/{kuuid}/", converse),
+            web.get("/keeps", keeps), web.get("/keep/{kuuid}", keep), web.delete("/keep/{kuuid}", shutdown)]
+
+
+def sites(ports: dict[str, int]) -> list[Site]:
+    """The keep manager's site (the wasmldr sites live in each keep's process: `wasmldr_site`)."""
+    port = {**DEFAULT_PORTS, **ports}
+    return [Site("enarx-keepmgr", port["enarx-keepmgr"], "adapter", keepmgr_routes, render_error,
+                 body_limit=KEEPMGR_BODY_LIMIT)]
+
+
+def wasmldr_site(kuuid: str, port: int, key_pem: bytes, certificate_pem: bytes, max_module_bytes: int,
+                 max_stdin_bytes: int, deadline_seconds: float) -> Site:
+    """One keep's wasmldr: HTTPS with the keep's own certificate, `POST /workload`."""
+
+    def routes(context: SiteContext) -> list[web.RouteDef]:
+        async def workload(request: web.Request) -> web.Response:
+            parsed = messages.parse_workload(await read_cbor(context, request, "a Workload"), max_stdin_bytes)
+            if len(parsed["wasm_binary"]) > max_module_bytes:
+                raise TooLarge(f"wasm_binary is {len(parsed['wasm_binary'])} bytes; this keep accepts "
+                               f"modules up to {max_module_bytes} bytes")
+            reply = await context.requester.request(subjects.workload(kuuid), parsed, content_type=CBOR,
+                                                    timeout=deadline_seconds + 60.0)
+            result = reply.payload
+            if not isinstance(result, dict) or result.get("stopped") is None:
+                return web.Response(body=reply.data, content_type=CBOR)
+            return cbor_response({**messages.error(result["details"]), **result}, status=422)
+
+        return [web.post("/workload", workload), web.post("/workload/", workload)]
+
+    return Site(f"enarx-wasmldr-{kuuid}", port, "keepldr", routes, render_error,
+                body_limit=2 * max_module_bytes + WORKLOAD_MARGIN, tls=tls_context(key_pem, certificate_pem))
+
+
+def tls_context(key_pem: bytes, certificate_pem: bytes) -> ssl.SSLContext:
+    """A server context from PEM bytes; the key touches disk only in a private temporary file."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    with tempfile.TemporaryDirectory(prefix="teebus-keep-") as folder:
+        key_file, cert_file = Path(folder) / "key.pem", Path(folder) / "cert.pem"
+        key_file.touch(mode=0o600)
+        key_file.write_bytes(key_pem)
+        cert_file.write_bytes(certificate_pem)
+        context.load_cert_chain(cert_file, key_file)
+    return context
+

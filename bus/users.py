@@ -1,0 +1,164 @@
+"""Dynamic NATS users: accounts that exist only while the thing they serve does (a keep, say).
+
+The embedded server does not run `nats.conf` directly. On every start, and whenever a dynamic user is
+added or removed, `render` writes `<data-dir>/nats/server.conf`, which includes a copy of `nats.conf`
+and then restates its `authorization` block with the static role users plus one user per file in
+`<data-dir>/nats/users/` (bcrypt hash and permissions, mode 0600). `apply` re-renders and sends the
+running server SIGHUP; the server reloads users without dropping anyone else's connection.
+
+Only a server started from this data directory can be reconfigured; joined to a NATS deployment
+with `--nats URL`, `available` is false and callers fall back to a static role.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import signal
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import bcrypt
+import orjson
+
+from bus import credentials, log
+
+DIRECTORY = "nats"
+SERVER_CONF = "server.conf"
+BASE_CONF = "base.conf"
+PID_FILE = "nats-server.pid"
+USERS_DIR = "users"
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_log = log.get_logger("bus.users")
+
+
+class UsersUnavailable(RuntimeError):
+    """No server started from this data directory runs here, so users cannot be added."""
+
+
+@dataclass(frozen=True)
+class User:
+    """A dynamic user: its name, the bcrypt hash of its password, its NATS permissions block."""
+
+    name: str
+    password_hash: str
+    permissions: dict[str, Any]
+
+    @classmethod
+    def with_password(cls, name: str, password: str, permissions: dict[str, Any]) -> "User":
+        if not _NAME.match(name):
+            raise ValueError(f"user name {name!r} must be 1-64 letters, digits, '-' or '_'")
+        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(credentials.BCRYPT_COST)).decode()
+        return cls(name, hashed, permissions)
+
+
+def directory(data_dir: Path) -> Path:
+    return data_dir / DIRECTORY
+
+
+def pid_file(data_dir: Path) -> Path:
+    return directory(data_dir) / PID_FILE
+
+
+def render(base: Path, data_dir: Path) -> Path:
+    """Write server.conf (base config + static roles + dynamic users) and return its path."""
+    folder = directory(data_dir)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if base.resolve() != (folder / BASE_CONF).resolve():
+        shutil.copyfile(base, folder / BASE_CONF)  # includes resolve beside the including file
+    entries = [f"    {{ user: {role}, password: $TEEBUS_NATS_{role.upper()}, "
+               f"permissions: $PERMS_{role.upper()} }}" for role in credentials.ROLES]
+    entries += [f"    {{ user: {_quote(user.name)}, password: {_quote(user.password_hash)}, "
+                f"permissions: {orjson.dumps(user.permissions).decode()} }}" for user in _stored(data_dir)]
+    text = (f"# Written by teebus from {base} and {folder / USERS_DIR}; edits here are overwritten.\n"
+            f'include "{BASE_CONF}"\n\nauthorization {{\n  timeout: 5\n  users = [\n'
+            + "\n".join(entries) + "\n  ]\n}\n")
+    credentials.write_private(folder / SERVER_CONF, text.encode())
+    return folder / SERVER_CONF
+
+
+def add(data_dir: Path, user: User) -> None:
+    """Store `user` and make the running server accept it."""
+    with _locked(data_dir):
+        credentials.write_private(_user_file(data_dir, user.name), orjson.dumps(
+            {"name": user.name, "password_hash": user.password_hash, "permissions": user.permissions}))
+        _reload(data_dir)
+    _log.info("nats user added", user=user.name)
+
+
+def remove(data_dir: Path, name: str) -> None:
+    """Forget a dynamic user; the server closes its connections on reload."""
+    with _locked(data_dir):
+        try:
+            _user_file(data_dir, name).unlink()
+        except FileNotFoundError:
+            return
+        _reload(data_dir)
+    _log.info("nats user removed", user=name)
+
+
+def names(data_dir: Path) -> list[str]:
+    return [user.name for user in _stored(data_dir)]
+
+
+def available(data_dir: Path) -> bool:
+    """True when a server started from this data directory runs on this host."""
+    return _server_pid(data_dir) is not None
+
+
+def _reload(data_dir: Path) -> None:
+    pid = _server_pid(data_dir)
+    if pid is None:
+        raise UsersUnavailable(f"no nats-server started from {data_dir} runs on this host, so its users "
+                               "cannot change; start the system with `teebus up` on this data directory")
+    render(directory(data_dir) / BASE_CONF, data_dir)
+    os.kill(pid, signal.SIGHUP)
+
+
+def _server_pid(data_dir: Path) -> int | None:
+    """The pid in the pid file, if that process is still a nats-server (pids get reused)."""
+    try:
+        pid = int(pid_file(data_dir).read_text().strip())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        return None
+    return pid if b"nats-server" in command.split(b"\0")[0] else None
+
+
+def _stored(data_dir: Path) -> list[User]:
+    folder = directory(data_dir) / USERS_DIR
+    if not folder.is_dir():
+        return []
+    users = []
+    for path in sorted(folder.glob("*.json")):
+        fields = orjson.loads(credentials.read_private(path))
+        users.append(User(fields["name"], fields["password_hash"], fields["permissions"]))
+    return users
+
+
+def _user_file(data_dir: Path, name: str) -> Path:
+    if not _NAME.match(name):
+        raise ValueError(f"user name {name!r} must be 1-64 letters, digits, '-' or '_'")
+    folder = directory(data_dir) / USERS_DIR
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder / f"{name}.json"
+
+
+def _quote(value: str) -> str:
+    return orjson.dumps(value).decode()
+
+
+@contextmanager
+def _locked(data_dir: Path) -> Iterator[None]:
+    """One writer at a time across processes (several keep managers may share a data directory)."""
+    directory(data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(directory(data_dir) / "users.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

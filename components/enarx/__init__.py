@@ -1,0 +1,1 @@
+"""Enarx: keep manager, keep loaders and Wasm loaders."""

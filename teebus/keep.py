@@ -1,0 +1,156 @@
+"""One keep's process (`python -m teebus.keep`), started by the keep manager, one per keep.
+
+It joins the bus as the keep's own NATS user (credentials in the environment), serves the keep
+loader (handshake, control) and the wasmldr components, the keep's Unix socket, and after "launch"
+the wasmldr's HTTPS port. It ends on a shutdown request, SIGTERM, a handshake timeout, or when the
+bus has been unreachable for `--orphan-timeout` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import orjson
+from nats.aio.client import Client
+
+from adapters.http.enarx import wasmldr_site
+from adapters.http.runner import HttpServer
+from adapters.unix.enarx import KeepSocket
+from bus import log
+from bus.component import Context
+from bus.connection import BusConnectError, connect
+from bus.loop import run
+from bus.requester import Requester
+from components.enarx import keep_access, keep_processes
+from components.enarx.evidence import KeepIdentity
+from components.enarx.keepldr import KeepHooks, KeepLoader
+from components.enarx.reporter import Reporter
+from components.enarx.wasm_runner import Limits
+from components.enarx.wasmldr import Wasmldr
+
+AUTH_RETRY_SECONDS = 10.0   # a new user becomes valid when the server has reloaded its config
+_log = log.get_logger("enarx.keep")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="teebus.keep", description=__doc__)
+    parser.add_argument("--kuuid", required=True)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--nats", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--handshake-timeout", type=float, default=120.0)
+    parser.add_argument("--orphan-timeout", type=float, default=60.0)
+    parser.add_argument("--limits", default="{}", help="JSON object of wasm_runner.Limits fields")
+    return parser.parse_args(argv)
+
+
+class KeepProcess:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.limits = Limits.from_overrides(orjson.loads(args.limits))
+        self.ended = asyncio.Event()
+        self.reason = ""
+        self.client: Client | None = None
+        self.components: list = []
+        self.socket: KeepSocket | None = None
+        self.https: HttpServer | None = None
+        self._orphan_timer: asyncio.TimerHandle | None = None
+
+    def end(self, reason: str) -> None:
+        if not self.ended.is_set():
+            self.reason = reason
+            self.ended.set()
+
+    async def run(self) -> None:
+        kuuid = self.args.kuuid
+        self.client = await self._connect()
+        requester = Requester(self.client)
+        reporter = Reporter(requester, kuuid)
+        hooks = KeepHooks(kuuid, self.args.host, self.args.port, self.args.handshake_timeout, reporter,
+                          self._start_wasmldr, self.end)
+        context = Context(self.client, self.args.data_dir,
+                          {"keep": hooks, "limits": orjson.loads(self.args.limits),
+                           "module_cache": self.args.data_dir / "keeps" / "module-cache"})
+        self._requester = requester
+        try:
+            for cls in (KeepLoader, Wasmldr):
+                component = cls(context)
+                await component.start()
+                self.components.append(component)
+            self.socket = KeepSocket(keep_processes.socket_path(self.args.data_dir, kuuid), kuuid, requester)
+            await self.socket.start()
+            _log.info("keep loader ready", pid=os.getpid())
+            await self.ended.wait()
+            _log.info("keep loader ending", reason=self.reason)
+        finally:
+            await self._stop(reporter)
+
+    async def _connect(self) -> Client:
+        user, password = os.environ["TEEBUS_KEEP_USER"], os.environ["TEEBUS_KEEP_PASSWORD"]
+        deadline = asyncio.get_running_loop().time() + AUTH_RETRY_SECONDS
+        while True:
+            try:
+                return await connect(self.args.nats, user, passwords={user: password},
+                                     name=f"keep-{self.args.kuuid}",
+                                     inbox_prefix=keep_access.inbox_prefix(self.args.kuuid),
+                                     disconnected_cb=self._disconnected, reconnected_cb=self._reconnected)
+            except BusConnectError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    async def _disconnected(self) -> None:
+        if self._orphan_timer is None and not self.ended.is_set():
+            self._orphan_timer = asyncio.get_running_loop().call_later(
+                self.args.orphan_timeout, self.end, f"the bus was unreachable for {self.args.orphan_timeout:g}s")
+
+    async def _reconnected(self) -> None:
+        if self._orphan_timer is not None:
+            self._orphan_timer.cancel()
+            self._orphan_timer = None
+
+    async def _start_wasmldr(self, identity: KeepIdentity) -> None:
+        site = wasmldr_site(self.args.kuuid, self.args.port, identity.key_pem, identity.certificate_pem,
+                            self.limits.max_module_bytes, self.limits.max_stdin_bytes,
+                            self.limits.deadline_seconds)
+        self.https = HttpServer(self.args.host, self.args.data_dir)
+        await self.https.start([site], {"keepldr": self._requester})
+
+    async def _stop(self, reporter: Reporter) -> None:
+        if self.https is not None:
+            await self.https.stop()
+        if self.socket is not None:
+            await self.socket.stop()
+        for component in reversed(self.components):
+            await component.stop(grace=5.0)
+        await reporter.close()
+        if self.client is not None and not self.client.is_closed:
+            try:
+                await asyncio.wait_for(self.client.drain(), 5.0)
+            except Exception:
+                pass
+
+
+async def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    log.configure(os.environ.get("TEEBUS_LOG_LEVEL", "info"), json=True, stream=sys.stderr)
+    process = KeepProcess(args)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, process.end, f"signal {signal.Signals(signum).name}")
+    try:
+        await process.run()
+    except BusConnectError as exc:
+        _log.error("keep loader cannot reach the bus", error=str(exc))
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main(sys.argv[1:])))

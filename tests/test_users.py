@@ -1,0 +1,83 @@
+"""Dynamic NATS users: added and removed on a running server, limited to their own subjects."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import nats
+import pytest
+from nats.errors import NoServersError
+
+from bus import users
+from bus.server import EmbeddedServer
+from tests.conftest import eventually
+
+
+async def _connect_when_accepted(url: str, name: str, password: str, timeout: float = 5.0) -> nats.NATS:
+    """The server applies SIGHUP asynchronously: retry until the new user is known."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await nats.connect(url, user=name, password=password, allow_reconnect=False,
+                                      connect_timeout=1, max_reconnect_attempts=0)
+        except (NoServersError, nats.errors.Error, OSError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def test_a_dynamic_user_gets_only_its_subjects_and_loses_access_when_removed(nats_server: EmbeddedServer,
+                                                                                     connect_as):
+    name, password = f"test-{secrets.token_hex(4)}", secrets.token_hex(16)
+    permissions = {"publish": {"allow": [f"own.{name}"]}, "subscribe": {"allow": ["_INBOX.>", f"own.{name}"]}}
+    assert users.available(nats_server.data_dir)
+    users.add(nats_server.data_dir, users.User.with_password(name, password, permissions))
+    assert name in users.names(nats_server.data_dir)
+    client = await _connect_when_accepted(nats_server.url, name, password)
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    client._error_cb = on_error
+    watcher = await connect_as("component")
+    seen: list[bytes] = []
+
+    async def collect(msg) -> None:
+        seen.append(msg.data)
+
+    sub = await watcher.subscribe("own.>", cb=collect)
+    await watcher.flush()
+    await client.publish(f"own.{name}", b"mine")
+    await client.publish("own.someone-else", b"theirs")
+    await client.flush()
+    await eventually(lambda: seen == [b"mine"] and errors)
+    assert "permissions violation" in str(errors[0]).lower()
+    await sub.unsubscribe()
+
+    users.remove(nats_server.data_dir, name)
+    assert name not in users.names(nats_server.data_dir)
+    await eventually(lambda: client.is_closed or not client.is_connected)
+    with pytest.raises(Exception):
+        await nats.connect(nats_server.url, user=name, password=password, allow_reconnect=False,
+                           connect_timeout=1, max_reconnect_attempts=0)
+
+
+def test_users_cannot_change_without_a_local_server(tmp_path):
+    with pytest.raises(users.UsersUnavailable, match="teebus up"):
+        users.add(tmp_path, users.User.with_password("k1", "pw", {}))
+    assert not users.available(tmp_path)
+
+
+def test_user_names_are_checked():
+    with pytest.raises(ValueError, match="letters, digits"):
+        users.User.with_password("bad name; }", "pw", {})
+
+
+async def test_the_rendered_config_restates_every_role(nats_server: EmbeddedServer):
+    text = (users.directory(nats_server.data_dir) / users.SERVER_CONF).read_text()
+    assert 'include "base.conf"' in text
+    for role in ("component", "adapter", "gateway", "observer", "admin", "keepldr"):
+        assert f"user: {role}, password: $TEEBUS_NATS_{role.upper()}" in text
+    assert (users.directory(nats_server.data_dir) / users.SERVER_CONF).stat().st_mode & 0o077 == 0
