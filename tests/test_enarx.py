@@ -13,6 +13,7 @@ import cbor2
 import orjson
 import pytest
 
+from adapters.unix.server import reachable
 from bus.server import EmbeddedServer, free_port
 from components.enarx import evidence, keep_access, keep_processes, subjects
 from components.enarx.backends import Backends
@@ -46,9 +47,9 @@ class Enarx:
 async def enarx_factory(nats_server: EmbeddedServer) -> AsyncIterator[Callable[..., Awaitable[Enarx]]]:
     started: list[tuple[Node, EnarxClient]] = []
 
-    async def factory(port: int | None = None, **enarx_settings) -> Enarx:
+    async def factory(port: int | None = None, data_dir: Path | None = None, **enarx_settings) -> Enarx:
         port = port or free_port()
-        settings = Settings(data_dir=nats_server.data_dir, nats_url=nats_server.url,
+        settings = Settings(data_dir=data_dir or nats_server.data_dir, nats_url=nats_server.url,
                             ports={"enarx-keepmgr": port, "enarx-wasmldr": free_port()},
                             enarx={**FAST, **enarx_settings})
         node = Node(settings, ["enarx.keepmgr", "http.enarx"])
@@ -396,7 +397,8 @@ async def test_each_keep_has_its_own_nats_user_limited_to_its_subjects(enarx: En
 # -- the keep's Unix socket ---------------------------------------------------------------------------
 
 async def _socket_exchange(path: str, data: bytes, close_after_write: bool = False) -> bytes:
-    reader, writer = await asyncio.open_unix_connection(path)
+    with reachable(Path(path)) as address:
+        reader, writer = await asyncio.open_unix_connection(address)
     writer.write(data)
     await writer.drain()
     if close_after_write:
@@ -409,7 +411,8 @@ async def _socket_exchange(path: str, data: bytes, close_after_write: bool = Fal
 async def test_the_unix_socket_carries_the_same_conversation(enarx: Enarx):
     nil = next(c for c in await enarx.client.contracts() if c["backend"] == "Nil")
     keep = await enarx.client.new_keep(nil)
-    reader, writer = await asyncio.open_unix_connection(keep["socket_path"])
+    with reachable(Path(keep["socket_path"])) as address:  # tmp paths can be longer than AF_UNIX allows
+        reader, writer = await asyncio.open_unix_connection(address)
     item = cbor2.dumps("request-evidence")
     writer.write(item[:3])  # an item may arrive in pieces
     await writer.drain()
@@ -472,3 +475,18 @@ async def test_every_keep_state_change_is_an_event(enarx: Enarx, connect_as):
                     "events.enarx.keep.ready", "events.enarx.keep.shutdown"]
     redeemed = [body for subject, body in seen if subject == "events.enarx.contract.redeemed"]
     assert [body["uuid"] for body in redeemed] == [kuuid]
+
+
+async def test_joined_to_a_server_it_cannot_reconfigure_keeps_use_the_shared_keepldr_role(
+        enarx_factory, nats_server: EmbeddedServer, tmp_path: Path):
+    from bus import credentials, users
+    elsewhere = tmp_path / "another-host"
+    credentials.write_private(elsewhere / credentials.FILE_NAME,
+                              (nats_server.data_dir / credentials.FILE_NAME).read_bytes())
+    assert not users.available(elsewhere)
+    before = users.names(nats_server.data_dir)
+    enarx = await enarx_factory(data_dir=elsewhere)
+    keep = await enarx.ready_keep()
+    assert (await enarx.client.deploy(keep, wat("hello")))["exit_code"] == 0
+    assert users.names(nats_server.data_dir) == before
+    assert (elsewhere / "keeps" / f"{kuuid_text(keep['kuuid'])}.sock").is_socket()

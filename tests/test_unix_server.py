@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from adapters.unix.server import SocketInUse, UnixServer
+from adapters.unix.server import MAX_SUN_PATH, SocketInUse, UnixServer, reachable
 
 
 @pytest.fixture
@@ -184,3 +184,24 @@ async def test_stop_does_not_hang_on_an_idle_client(short_dir):
         assert not path.exists()
     finally:
         writer.close()
+
+
+async def test_a_socket_path_longer_than_af_unix_allows_still_serves(short_dir: Path):
+    deep = short_dir / ("d" * 60) / ("e" * 60)
+    path = deep / "keep.sock"
+    assert len(str(path)) > MAX_SUN_PATH
+    server = UnixServer(path, echo)
+    await server.start()
+    try:
+        assert path.is_socket() and stat.S_IMODE(path.stat().st_mode) == 0o600
+        with reachable(path) as address:
+            assert address.startswith("/proc/self/fd/")
+            reader, writer = await asyncio.open_unix_connection(address)
+        writer.write(b"deep\n")
+        assert await reader.readline() == b"echo: deep\n"
+        writer.close()
+        with pytest.raises(SocketInUse):  # the live check reaches long paths too
+            await UnixServer(path, echo).start()
+    finally:
+        await server.stop()
+    assert not path.exists()

@@ -6,13 +6,33 @@ import asyncio
 import os
 import socket
 import stat
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterator
 
 from bus import log
 
 ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 _log = log.get_logger("adapters.unix")
+MAX_SUN_PATH = 107  # bytes a socket address may hold on Linux, without the final NUL
+
+
+@contextmanager
+def reachable(path: Path) -> Iterator[str]:
+    """An address for `path` the kernel accepts: itself, or via /proc/self/fd when it is too long.
+
+    A data directory deep in the file system makes socket paths longer than an AF_UNIX address
+    holds; binding or connecting through an open descriptor of the directory reaches the same file.
+    """
+    text = str(path)
+    if len(os.fsencode(text)) <= MAX_SUN_PATH:
+        yield text
+        return
+    directory = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{directory}/{path.name}"
+    finally:
+        os.close(directory)
 
 
 class SocketInUse(RuntimeError):
@@ -23,7 +43,8 @@ def _is_live(path: Path) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(0.5)
         try:
-            probe.connect(str(path))
+            with reachable(path) as address:
+                probe.connect(address)
         except OSError:
             return False
     return True
@@ -55,7 +76,8 @@ class UnixServer:
         clear_stale(self.path)
         old_umask = os.umask(0o177)  # the socket is born 0600: no window where others may connect
         try:
-            self._server = await asyncio.start_unix_server(self._handler, path=str(self.path), limit=self._limit)
+            with reachable(self.path) as address:
+                self._server = await asyncio.start_unix_server(self._handler, path=address, limit=self._limit)
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
