@@ -41,6 +41,7 @@ class Records:
         self._tombstones: set[str] = set()   # deleted here, delete not yet seen by the watch
         self._follower: asyncio.Task | None = None
         self._watcher: KeyValue.KeyWatcher | None = None
+        self._loaded = asyncio.Event()         # the mirror holds every record that existed at start
 
     @classmethod
     async def open(cls, client: Client, bucket: str, *, description: str = "", history: int = 1,
@@ -121,13 +122,26 @@ class Records:
         except NoKeysError:
             return []
 
-    async def mirror(self, limit: int = 100_000) -> None:
-        """Follow the bucket in memory so `lookup` costs no round trip; at most `limit` records."""
+    async def mirror(self, limit: int = 100_000, timeout: float = 30.0) -> None:
+        """Follow the bucket in memory so `lookup` costs no round trip; at most `limit` records.
+
+        Returns once the records that existed at the start are in memory (or after `timeout`).
+        """
         if self._mirror is not None:
             return
         self._mirror = {}
         self._watcher = await self._kv.watchall()
         self._follower = asyncio.create_task(self._follow(limit))
+        try:
+            await asyncio.wait_for(self._loaded.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    def mirrored(self) -> list[Record]:
+        """Every record in the mirror (milliseconds behind other replicas' writes at most)."""
+        if self._mirror is None:
+            raise RuntimeError(f"{self.name} is not mirrored: call `mirror()` first")
+        return list(self._mirror.values())
 
     async def close(self) -> None:
         if self._watcher is not None:
@@ -141,6 +155,7 @@ class Records:
     async def _follow(self, limit: int) -> None:
         async for entry in self._watcher:
             if entry is None:  # the end of the initial values
+                self._loaded.set()
                 continue
             if entry.operation in ("DEL", "PURGE"):
                 self._mirror.pop(entry.key, None)

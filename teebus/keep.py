@@ -131,10 +131,11 @@ class KeepProcess:
             await component.stop(grace=5.0)
         await reporter.close()
         if self.client is not None and not self.client.is_closed:
-            try:
-                await asyncio.wait_for(self.client.drain(), 5.0)
+            try:  # the components answered everything already: flush what is queued, then close
+                await self.client.flush(timeout=2)
             except Exception:
                 pass
+            await self.client.close()
 
 
 async def main(argv: list[str]) -> int:

@@ -53,6 +53,7 @@ class KeepManager(Component):
         self.host = socket.gethostname()
         self.contracts = await Records.open(self.client, CONTRACTS_BUCKET, description="Enarx contract offers")
         self.keeps = await Records.open(self.client, KEEPS_BUCKET, description="Enarx keeps", history=5)
+        await self.keeps.mirror()  # the watchdog, listings and port choice read memory, not the bucket
         self._busy: set[str] = set()           # keeps being created or shut down here
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         self._spawning = asyncio.Lock()
@@ -65,6 +66,7 @@ class KeepManager(Component):
         if self.config.stop_keeps_on_exit:
             mine = [record for record in await self._all_keeps() if self._is_local_live(record.value)]
             await asyncio.gather(*(self._shutdown(record.key) for record in mine), return_exceptions=True)
+        await self.keeps.close()
 
     def endpoints(self) -> list[Endpoint]:
         return [Endpoint("contracts", subjects.CONTRACTS, self.list_contracts),
@@ -308,26 +310,26 @@ class KeepManager(Component):
                 await self._mark_error(record.key, reason)
 
     async def _mark_error(self, kuuid: str, reason: str) -> None:
+        if (await self.keeps.get(kuuid)).value["state"] in ("Shutdown", "Error"):
+            return  # it ended meanwhile (the watchdog reads a mirror that may be a moment behind)
+
         def apply(value: dict[str, Any]) -> dict[str, Any]:
             if value["state"] in ("Shutdown", "Error"):
                 return value
             return {**value, "state": "Error", "error": reason, "wasmldr": None, "updated": _now()}
 
-        await self.keeps.mutate(kuuid, apply)
+        record = await self.keeps.mutate(kuuid, apply)
+        if record.value.get("error") != reason:
+            return
         await self._forget_user(kuuid)
-        self._remove_socket((await self.keeps.get(kuuid)).value)
+        self._remove_socket(record.value)
         await self.events.publish("keep", "error", {"kuuid": kuuid, "error": reason})
         self.log.warning("keep failed", kuuid=kuuid, error=reason)
 
     # -- helpers -----------------------------------------------------------------------------------
 
     async def _all_keeps(self):
-        records = []
-        for key in await self.keeps.keys():
-            record = await self.keeps.find(key)
-            if record is not None:
-                records.append(record)
-        return records
+        return self.keeps.mirrored()
 
     def _is_local_live(self, value: dict[str, Any]) -> bool:
         return value.get("host") == self.host and value.get("state") in LIVE_STATES
