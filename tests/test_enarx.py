@@ -491,3 +491,20 @@ async def test_joined_to_a_server_it_cannot_reconfigure_keeps_use_the_shared_kee
     assert (await enarx.client.deploy(keep, wat("hello")))["exit_code"] == 0
     assert users.names(nats_server.data_dir) == before
     assert (elsewhere / "keeps" / f"{kuuid_text(keep['kuuid'])}.sock").is_socket()
+
+
+async def test_only_the_newest_ended_keeps_are_kept(enarx_factory):
+    enarx = await enarx_factory(max_ended_keeps=1)
+    first, second = await enarx.ready_keep(), await enarx.ready_keep()
+    await enarx.client.shutdown(first["kuuid"])
+    await enarx.client.shutdown(second["kuuid"])
+
+    async def first_forgotten() -> bool:
+        try:
+            await enarx.client.keep(first["kuuid"])
+        except EnarxError as exc:
+            return exc.status == 404
+        return False
+
+    await eventually(first_forgotten, timeout=10)
+    assert (await enarx.client.keep(second["kuuid"]))["state"] == "Shutdown"

@@ -18,6 +18,7 @@ class EnarxConfig:
     wasmldr_base_port: int = 3040             # the first keep's wasmldr port; later keeps count up
     backends: Backends = field(default_factory=Backends)
     max_keeps: int = 64                       # live keeps on this host
+    max_ended_keeps: int = 1000               # Shutdown/Error records kept for GET /keeps; older go
     loader_start_timeout: float = 20.0        # keep loader process up and answering
     handshake_timeout: float = 120.0          # evidence sent -> "launch" received
     shutdown_timeout: float = 10.0            # keep loader gone after a shutdown request

@@ -297,6 +297,7 @@ class KeepManager(Component):
             await asyncio.sleep(self.config.watch_interval)
             try:
                 await self._check_keeps(reason="the keep loader process exited")
+                await self._forget_old_keeps()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -308,6 +309,19 @@ class KeepManager(Component):
             if (self._is_local_live(value) and record.key not in self._busy and value.get("pid")
                     and not keep_processes.is_alive(value["pid"], record.key)):
                 await self._mark_error(record.key, reason)
+
+    async def _forget_old_keeps(self) -> None:
+        """Keep the newest `max_ended_keeps` ended keeps; delete older records and their logs."""
+        ended = [r for r in await self._all_keeps() if r.value.get("state") in ("Shutdown", "Error")]
+        ended.sort(key=lambda record: record.value.get("updated", ""))
+        for record in ended[:max(0, len(ended) - self.config.max_ended_keeps)]:
+            try:
+                await self.keeps.delete(record.key, record.revision)
+            except BusError:
+                continue  # changed or gone meanwhile: the next pass decides again
+            if record.value.get("host") == self.host:
+                keep_processes.log_path(self.context.data_dir, record.key).unlink(missing_ok=True)
+            await self.events.publish("keep", "forgotten", {"kuuid": record.key})
 
     async def _mark_error(self, kuuid: str, reason: str) -> None:
         if (await self.keeps.get(kuuid)).value["state"] in ("Shutdown", "Error"):
