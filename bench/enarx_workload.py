@@ -13,8 +13,8 @@
                  time. b1 cold: the first deploy of a module (compile included; every sample's bytes
                  are unique through a custom section holding a counter); b2 warm: the same module
                  again (cached). The client keeps one pinned TLS context, so its connection is
-                 reused; the row "b2 EnarxClient.deploy" is the shipped client, which builds a new
-                 pinned context per call (see the report). "keep elapsed_ms" is what the keep says
+                 reused; the row "b2 EnarxClient.deploy" is the shipped client (it keeps one pinned
+                 context per keep certificate too). "keep elapsed_ms" is what the keep says
                  the run itself took.
     (c) proxy    4 MiB opaque keep traffic, `--clients` concurrent clients for `--seconds`:
                  proxy: HTTP POST /keep/<kuuid> on the keep manager's adapter -> NATS
@@ -279,7 +279,7 @@ ROWS = {"a1": "a1 in-process compile+instantiate+run",
         "b1c": "   keep compile_ms + elapsed_ms",
         "b2": "b2 keep warm (cached)",
         "b2e": "   keep elapsed_ms",
-        "b2s": "b2 EnarxClient.deploy (new TLS each call)"}
+        "b2s": "b2 EnarxClient.deploy (shipped client)"}
 
 
 async def measure_workload(name: str, wasm: bytes, target: KeepTarget, cold_runner: WasmRunner,

@@ -42,6 +42,7 @@ class Outgoing:
 
     payload: Any
     content_type: str = headers.JSON
+    headers: dict[str, str] | None = None  # extra reply headers, e.g. a flag an adapter maps to a status
 
 
 Handler = Callable[[Incoming], Awaitable[Any]]
@@ -189,6 +190,8 @@ class Component:
 
     async def _respond(self, request: Request, outgoing: Outgoing, request_id: str) -> None:
         reply_headers = {headers.CONTENT_TYPE: outgoing.content_type, headers.REQUEST_ID: request_id}
+        if outgoing.headers:
+            reply_headers.update(outgoing.headers)
         data = await self.payloads.pack(codec.encode(outgoing.payload, outgoing.content_type), reply_headers)
         await request.respond(data, headers=reply_headers)
 

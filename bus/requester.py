@@ -49,14 +49,17 @@ class Requester:
 
     async def request(self, subject: str, payload: Any = None, *, content_type: str = headers.JSON,
                       timeout: float | None = None, request_id: str | None = None,
-                      extra_headers: dict[str, str] | None = None) -> Reply:
-        """Send `payload` to `subject` and return the decoded reply, or raise a BusError."""
+                      extra_headers: dict[str, str] | None = None, encoded: bool = False) -> Reply:
+        """Send `payload` to `subject` and return the decoded reply, or raise a BusError.
+
+        With `encoded`, `payload` is already bytes in `content_type` (an adapter passing a body on).
+        """
         timeout = timeout or self.timeout
         hdrs = {headers.CONTENT_TYPE: content_type,
                 headers.REQUEST_ID: request_id or log.current_request_id() or log.new_request_id()}
         if extra_headers:
             hdrs.update(extra_headers)
-        data = await self.payloads.pack(codec.encode(payload, content_type), hdrs)
+        data = await self.payloads.pack(payload if encoded else codec.encode(payload, content_type), hdrs)
         try:
             msg = await self.client.request(subject, data, timeout=timeout, headers=hdrs)
         except NoRespondersError:

@@ -48,6 +48,7 @@ class EnarxClient:
         self.base_url = base_url.rstrip("/")
         self._session = session
         self._owns_session = session is None
+        self._pinned: dict[bytes, ssl.SSLContext] = {}   # one per keep certificate: connections are reused
 
     async def __aenter__(self) -> "EnarxClient":
         if self._session is None:
@@ -95,7 +96,10 @@ class EnarxClient:
         if not wasmldr or not keep.get("certificate_as_pem"):
             raise EnarxError(409, f"keep {kuuid_text(keep['kuuid'])} is {keep['state']}: launch it first")
         url = f"https://{wasmldr['wasmldr_ipaddr']}:{wasmldr['wasmldr_port']}/workload"
-        async with self._session.post(url, data=body, ssl=pinned_context(keep["certificate_as_pem"])) as response:
+        certificate = keep["certificate_as_pem"]
+        if certificate not in self._pinned:
+            self._pinned[certificate] = pinned_context(certificate)
+        async with self._session.post(url, data=body, ssl=self._pinned[certificate]) as response:
             return self._decode(response.status, await response.read())
 
     async def _call(self, method: str, path: str, body: bytes | None = None) -> Any:

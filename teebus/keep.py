@@ -117,8 +117,7 @@ class KeepProcess:
 
     async def _start_wasmldr(self, identity: KeepIdentity) -> None:
         site = wasmldr_site(self.args.kuuid, self.args.port, identity.key_pem, identity.certificate_pem,
-                            self.limits.max_module_bytes, self.limits.max_stdin_bytes,
-                            self.limits.deadline_seconds)
+                            self.limits.max_module_bytes, self.limits.deadline_seconds)
         self.https = HttpServer(self.args.host, self.args.data_dir)
         await self.https.start([site], {"keepldr": self._requester})
 

@@ -16,9 +16,10 @@ import cbor2
 from aiohttp import web
 
 from adapters.http.runner import Site, SiteContext
-from bus.errors import BadRequest, TooLarge, Unavailable
+from bus.errors import BadRequest, Unavailable
 from bus.headers import CBOR, OCTETS
 from components.enarx import messages, subjects
+from components.enarx.wasmldr import STOPPED_HEADER
 
 DEFAULT_PORTS = {"enarx-keepmgr": 3030, "enarx-wasmldr": 3040}
 KEEPMGR_BODY_LIMIT = 8 * 1024 * 1024        # opaque keep traffic (the bus's max_payload)
@@ -104,21 +105,19 @@ def sites(ports: dict[str, int]) -> list[Site]:
 
 
 def wasmldr_site(kuuid: str, port: int, key_pem: bytes, certificate_pem: bytes, max_module_bytes: int,
-                 max_stdin_bytes: int, deadline_seconds: float) -> Site:
+                 deadline_seconds: float) -> Site:
     """One keep's wasmldr: HTTPS with the keep's own certificate, `POST /workload`."""
 
     def routes(context: SiteContext) -> list[web.RouteDef]:
         async def workload(request: web.Request) -> web.Response:
-            parsed = messages.parse_workload(await read_cbor(context, request, "a Workload"), max_stdin_bytes)
-            if len(parsed["wasm_binary"]) > max_module_bytes:
-                raise TooLarge(f"wasm_binary is {len(parsed['wasm_binary'])} bytes; this keep accepts "
-                               f"modules up to {max_module_bytes} bytes")
-            reply = await context.requester.request(subjects.workload(kuuid), parsed, content_type=CBOR,
-                                                    timeout=deadline_seconds + 60.0)
-            result = reply.payload
-            if not isinstance(result, dict) or result.get("stopped") is None:
+            # passed on as received: the wasmldr decodes and validates it once (a 64 MB module
+            # should not be decoded twice in one process); oversized bodies stop at the site limit
+            body = await context.body(request)
+            reply = await context.requester.request(subjects.workload(kuuid), body, content_type=CBOR,
+                                                    encoded=True, timeout=deadline_seconds + 60.0)
+            if reply.headers.get(STOPPED_HEADER) is None:
                 return web.Response(body=reply.data, content_type=CBOR)
-            return cbor_response({**messages.error(result["details"]), **result}, status=422)
+            return cbor_response({**messages.error(reply.payload["details"]), **reply.payload}, status=422)
 
         return [web.post("/workload", workload), web.post("/workload/", workload)]
 

@@ -7,6 +7,7 @@ byte strings. Records in KV keep the same fields in JSON form (UUID as text, byt
 
 from __future__ import annotations
 
+import reprlib
 import uuid
 from typing import Any
 
@@ -136,6 +137,12 @@ def parse_workload(value: Any, max_stdin: int) -> dict[str, Any]:
             "stdin": stdin}
 
 
+_SHORT = reprlib.Repr()  # keyword arguments arrive in Python 3.12
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxlevel = 40, 40, 6, 4, 2
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    """A short picture of a bad value; never builds the repr of a huge one."""
+    if isinstance(value, (bytes, bytearray)):
+        return f"{len(value)} bytes {bytes(value[:16])!r}{'...' if len(value) > 16 else ''}"
+    return _SHORT.repr(value)

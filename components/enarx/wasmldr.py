@@ -19,6 +19,8 @@ from components.enarx import messages, subjects
 from components.enarx.keepldr import KeepHooks
 from components.enarx.wasm_runner import Limits, RunRequest, RunResult, WasmRunner
 
+STOPPED_HEADER = "Enarx-Workload-Stopped"  # set (to the reason) when a limit or a trap ended the run
+
 
 def result_cbor(result: RunResult) -> dict[str, Any]:
     reply = {"exit_code": result.exit_code, "stdout": result.stdout, "stderr": result.stderr,
@@ -63,4 +65,4 @@ class Wasmldr(Component):
         self.log.info("workload finished", exit_code=result.exit_code, stopped=result.stopped,
                       elapsed_ms=round(result.elapsed_ms, 1), cached=result.cached,
                       size=len(workload["wasm_binary"]))
-        return Outgoing(result_cbor(result), CBOR)
+        return Outgoing(result_cbor(result), CBOR, {STOPPED_HEADER: result.stopped} if result.stopped else None)
