@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -162,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         return bus_loop.run(dispatch(args))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `teebus status | head`: the reader left; that is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ServerError, BusConnectError, FileNotFoundError, ValueError, OSError) as exc:
         print(f"teebus: {exc}", file=sys.stderr)
         return 1

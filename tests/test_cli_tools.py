@@ -517,3 +517,17 @@ async def test_status_shows_each_services_description(start_component, connect_a
     out = io.StringIO()
     await tools.status(await connect_as("observer"), out=out)
     assert KmsComponent.description in _service_block(out.getvalue(), "mesatee-kms")
+
+
+
+async def test_cli_status_into_a_closed_pipe_is_not_an_error(start_component, nats_server):
+    await start_component(KmsComponent)
+    reader, writer = os.pipe()
+    os.close(reader)  # like `teebus status | head -1` once head has left
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "teebus.cli", "status", "--data-dir", str(nats_server.data_dir),
+        "--nats", nats_server.url, stdout=writer, stderr=asyncio.subprocess.PIPE, cwd=REPO_ROOT, env=_env())
+    os.close(writer)
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, stderr
+    assert b"Broken pipe" not in stderr and b"Traceback" not in stderr
