@@ -14,6 +14,9 @@ from bus import credentials, log
 
 _log = log.get_logger("bus.connection")
 FIRST_CONNECT_TIMEOUT = 5.0
+# A server reloading its users (bus/users.py) may refuse a login for a moment: a refusal is final
+# only once it persists this long.
+AUTH_SETTLE_SECONDS = 1.0
 
 
 class BusConnectError(ConnectionError):
@@ -39,6 +42,18 @@ async def connect(url: str, role: str, data_dir: Path | None = None, name: str |
     """A NATS connection as `role`: fails fast and clearly at first, then reconnects forever."""
     if passwords is None and data_dir is not None:
         passwords = credentials.load(data_dir)
+    deadline = asyncio.get_running_loop().time() + AUTH_SETTLE_SECONDS
+    while True:
+        try:
+            return await _connect_once(url, role, name, passwords or {}, options)
+        except BusConnectError as exc:
+            if "wrong credentials" not in str(exc) or asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def _connect_once(url: str, role: str, name: str | None, passwords: dict[str, str],
+                        options: dict) -> Client:
     connected = False
     last_error: list[BaseException] = []
 
@@ -54,7 +69,7 @@ async def connect(url: str, role: str, data_dir: Path | None = None, name: str |
                     reconnect_time_wait=0.25, error_cb=on_error)
     settings.update(options)
     try:
-        client = await asyncio.wait_for(nats.connect(role_url(url, role, passwords or {}), **settings),
+        client = await asyncio.wait_for(nats.connect(role_url(url, role, passwords), **settings),
                                         FIRST_CONNECT_TIMEOUT)
     except asyncio.TimeoutError:
         reason = last_error[0] if last_error else "no answer"

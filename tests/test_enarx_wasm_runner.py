@@ -279,3 +279,10 @@ def test_limits_from_overrides() -> None:
         Limits.from_overrides({"deadline_secs": 1})
     with pytest.raises(ValueError):
         Limits(deadline_seconds=0)
+
+
+@pytest.mark.parametrize("overrides", [{"deadline_seconds": float("nan")}, {"deadline_seconds": float("inf")},
+                                       {"deadline_seconds": 0}, {"fuel": True}, {"fuel": 0}])
+def test_limits_that_could_never_stop_a_workload_are_refused(overrides):
+    with pytest.raises(ValueError, match="deadline_seconds|fuel"):
+        Limits.from_overrides(overrides)
