@@ -13,9 +13,10 @@ from contextvars import ContextVar
 from typing import Any, MutableMapping, TextIO
 
 import structlog
-from structlog.contextvars import bind_contextvars, clear_contextvars
 
-_request_id: ContextVar[str | None] = ContextVar("teebus_request_id", default=None)
+# The request being served in this task and what its log lines carry: one variable set once per
+# request (cheaper than structlog's one-variable-per-key contextvars), merged in at log time.
+_request: ContextVar[dict[str, Any] | None] = ContextVar("teebus_request", default=None)
 
 REDACTED = "[redacted]"
 _SECRET_WORDS = ("key", "token", "password", "secret", "authorization", "config", "nonce", "ad")
@@ -37,6 +38,15 @@ def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
     return event
 
 
+def merge_request(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Add the current request's id and context to a log line (values the line sets win)."""
+    context = _request.get()
+    if context:
+        for name, value in context.items():
+            event.setdefault(name, value)
+    return event
+
+
 def configure(level: str = "info", json: bool | None = None, stream: TextIO | None = None) -> None:
     """Configure structlog for this process (callable again, e.g. by tests capturing lines)."""
     stream = stream or sys.stderr
@@ -46,6 +56,7 @@ def configure(level: str = "info", json: bool | None = None, stream: TextIO | No
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            merge_request,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact_secrets,
@@ -69,11 +80,10 @@ def new_request_id() -> str:
 
 def bind_request(request_id: str, **values: Any) -> None:
     """Start a request's logging context (called once per request by components and adapters)."""
-    clear_contextvars()
-    bind_contextvars(request_id=request_id, **values)
-    _request_id.set(request_id)
+    _request.set({"request_id": request_id, **values})
 
 
 def current_request_id() -> str | None:
     """The request being served in this task (its own variable: read on every outgoing request)."""
-    return _request_id.get()
+    context = _request.get()
+    return context["request_id"] if context else None
