@@ -69,4 +69,6 @@ class Requester:
             raise errors.Timeout(f"{subject} did not answer within {timeout:g}s") from None
         raise_for_error(msg.headers)
         body = await self.payloads.unpack(msg.data, msg.headers)
-        return Reply(body, codec.content_type_of(msg.headers), dict(msg.headers or {}))
+        reply_headers = dict(msg.headers or {})
+        reply_headers.setdefault(headers.REQUEST_ID, hdrs[headers.REQUEST_ID])  # header-less replies
+        return Reply(body, codec.content_type_of(msg.headers), reply_headers)

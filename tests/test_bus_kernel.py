@@ -198,3 +198,15 @@ async def test_mirror_follows_other_writers_and_hides_local_deletes(connect_as):
     with pytest.raises(NotFound):                          # a local delete is hidden at once
         await reader.lookup(key)
     await reader.close()
+
+
+async def test_json_replies_travel_without_headers_and_others_name_their_type(start_component, connect_as):
+    """JSON is the default type and the requester knows its request id: the reply needs no header."""
+    await start_component(EchoComponent)
+    client = await connect_as("adapter")
+    plain = await client.request("conclave.testecho.value", b'{"a": 1}', timeout=5,
+                                 headers={headers.REQUEST_ID: "rid-2"})
+    assert plain.headers is None and orjson.loads(plain.data)["got"] == {"a": 1}
+    typed = await client.request("conclave.testecho.value", cbor2.dumps({"a": 1}), timeout=5,
+                                 headers={headers.REQUEST_ID: "rid-3", headers.CONTENT_TYPE: headers.CBOR})
+    assert typed.headers[headers.CONTENT_TYPE] == headers.CBOR and typed.headers[headers.REQUEST_ID] == "rid-3"
