@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import os
 import shutil
 import signal
@@ -20,6 +22,19 @@ READY_TIMEOUT = 15.0
 
 class ServerError(RuntimeError):
     """The embedded server could not be started; the message says what to do."""
+
+
+_PR_SET_PDEATHSIG = 1
+try:  # loaded before any fork: the child only makes the call
+    _prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: the server outlives a killed teebus there
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM the server when the process that started it dies (kill -9, a crash)."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def find_binary() -> Path:
@@ -89,7 +104,7 @@ class EmbeddedServer:
         with open(self.log_path, "ab") as early_output:  # config errors come before --log applies
             self._process = await asyncio.create_subprocess_exec(
                 *args, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=early_output,
-                stderr=early_output, start_new_session=True)
+                stderr=early_output, start_new_session=True, preexec_fn=_die_with_parent)
         await self._wait_ready()
         _log.info("nats-server ready", url=self.url, pid=self._process.pid)
 

@@ -531,3 +531,19 @@ async def test_cli_status_into_a_closed_pipe_is_not_an_error(start_component, na
     _, stderr = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 0, stderr
     assert b"Broken pipe" not in stderr and b"Traceback" not in stderr
+
+
+def test_a_killed_teebus_up_takes_its_nats_server_with_it(tmp_path):
+    nats_port = free_port()
+    up = _Up(tmp_path / "data", nats_port, free_port(), tmp_path / "up.stderr")
+    try:
+        up.wait_until_up()
+        assert not port_is_free("127.0.0.1", nats_port)
+        up.process.kill()  # no chance to stop anything cleanly
+        up.process.wait()
+        deadline = time.monotonic() + 10
+        while not port_is_free("127.0.0.1", nats_port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert port_is_free("127.0.0.1", nats_port)
+    finally:
+        up.stop()
