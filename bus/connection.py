@@ -14,8 +14,8 @@ from bus import credentials, log
 
 _log = log.get_logger("bus.connection")
 FIRST_CONNECT_TIMEOUT = 5.0
-# A server reloading its users (bus/users.py) may refuse a login for a moment: a refusal is final
-# only once it persists this long.
+# A server reloading its users (bus/users.py) may refuse a login for a moment: by default a refusal
+# is final only once it persists this long.
 AUTH_SETTLE_SECONDS = 1.0
 
 
@@ -38,18 +38,23 @@ def _display(url: str) -> str:
 
 
 async def connect(url: str, role: str, data_dir: Path | None = None, name: str | None = None,
-                  passwords: dict[str, str] | None = None, **options) -> Client:
-    """A NATS connection as `role`: fails fast and clearly at first, then reconnects forever."""
+                  passwords: dict[str, str] | None = None, auth_settle: float = AUTH_SETTLE_SECONDS,
+                  **options) -> Client:
+    """A NATS connection as `role`: fails fast and clearly at first, then reconnects forever.
+
+    A refused login is retried for `auth_settle` seconds (a user just added becomes valid when the
+    server has reloaded its configuration).
+    """
     if passwords is None and data_dir is not None:
         passwords = credentials.load(data_dir)
-    deadline = asyncio.get_running_loop().time() + AUTH_SETTLE_SECONDS
+    deadline = asyncio.get_running_loop().time() + auth_settle
     while True:
         try:
             return await _connect_once(url, role, name, passwords or {}, options)
         except BusConnectError as exc:
             if "wrong credentials" not in str(exc) or asyncio.get_running_loop().time() > deadline:
                 raise
-            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)
 
 
 async def _connect_once(url: str, role: str, name: str | None, passwords: dict[str, str],

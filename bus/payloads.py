@@ -24,6 +24,18 @@ MAX_BYTES = 256 * 1024 * 1024          # the largest single payload teebus carri
 STORE_BYTES = 4 * 1024 * 1024 * 1024   # the bucket's total bound
 HEADROOM = 16 * 1024                   # room kept for headers inside max_payload
 
+# What a NATS user needs to publish to put and get payloads here (nats.conf spells the same list
+# out for its static roles; bus/users.py users get it from here).
+PUBLISH_PERMISSIONS = [
+    "$JS.API.INFO", "$JS.API.STREAM.NAMES",
+    f"$JS.API.STREAM.INFO.OBJ_{BUCKET}", f"$JS.API.STREAM.MSG.GET.OBJ_{BUCKET}",
+    f"$JS.API.STREAM.PURGE.OBJ_{BUCKET}", f"$JS.API.DIRECT.GET.OBJ_{BUCKET}",
+    f"$JS.API.DIRECT.GET.OBJ_{BUCKET}.>", f"$JS.API.CONSUMER.CREATE.OBJ_{BUCKET}",
+    f"$JS.API.CONSUMER.CREATE.OBJ_{BUCKET}.>", f"$JS.API.CONSUMER.DELETE.OBJ_{BUCKET}.>",
+    f"$O.{BUCKET}.>", "$JS.FC.>", f"$JS.ACK.OBJ_{BUCKET}.>",
+]
+SUBSCRIBE_PERMISSIONS = [f"$O.{BUCKET}.>"]
+
 _log = log.get_logger("bus.payloads")
 
 

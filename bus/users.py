@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import bcrypt
 import orjson
 
-from bus import credentials, log
+from bus import credentials, log, procfs
 
 DIRECTORY = "nats"
 SERVER_CONF = "server.conf"
@@ -123,10 +123,10 @@ def _server_pid(data_dir: Path) -> int | None:
     """The pid in the pid file, if that process is still a nats-server (pids get reused)."""
     try:
         pid = int(pid_file(data_dir).read_text().strip())
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+    except (FileNotFoundError, ValueError):
         return None
-    return pid if b"nats-server" in command.split(b"\0")[0] else None
+    command = procfs.argv(pid)
+    return pid if command and b"nats-server" in command[0] else None
 
 
 def _stored(data_dir: Path) -> list[User]:

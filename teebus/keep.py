@@ -93,17 +93,10 @@ class KeepProcess:
 
     async def _connect(self) -> Client:
         user, password = os.environ["TEEBUS_KEEP_USER"], os.environ["TEEBUS_KEEP_PASSWORD"]
-        deadline = asyncio.get_running_loop().time() + AUTH_RETRY_SECONDS
-        while True:
-            try:
-                return await connect(self.args.nats, user, passwords={user: password},
-                                     name=f"keep-{self.args.kuuid}",
-                                     inbox_prefix=keep_access.inbox_prefix(self.args.kuuid),
-                                     disconnected_cb=self._disconnected, reconnected_cb=self._reconnected)
-            except BusConnectError:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
+        return await connect(self.args.nats, user, passwords={user: password}, name=f"keep-{self.args.kuuid}",
+                             auth_settle=AUTH_RETRY_SECONDS,
+                             inbox_prefix=keep_access.inbox_prefix(self.args.kuuid),
+                             disconnected_cb=self._disconnected, reconnected_cb=self._reconnected)
 
     async def _disconnected(self) -> None:
         if self._orphan_timer is None and not self.ended.is_set():

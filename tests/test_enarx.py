@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from adapters.unix.server import reachable
+from bus.connection import connect
 from bus.server import EmbeddedServer, free_port
 from components.enarx import evidence, keep_access, keep_processes, subjects
 from components.enarx.backends import Backends
@@ -356,7 +357,6 @@ async def test_a_handshake_that_stalls_ends_the_keep(enarx_factory):
 
 
 async def test_each_keep_has_its_own_nats_user_limited_to_its_subjects(enarx: Enarx, nats_server: EmbeddedServer):
-    import nats
     mine, other = await enarx.ready_keep(), await enarx.ready_keep()
     kuuid, other_kuuid = kuuid_text(mine["kuuid"]), kuuid_text(other["kuuid"])
     permissions = keep_access.permissions(kuuid)
@@ -370,17 +370,9 @@ async def test_each_keep_has_its_own_nats_user_limited_to_its_subjects(enarx: En
     async def on_error(exc: Exception) -> None:
         errors.append(exc)
 
-    async def connect():
-        return await nats.connect(nats_server.url, user="probe-" + kuuid[:8], password=password,
-                                  error_cb=on_error, max_reconnect_attempts=0,
-                                  inbox_prefix=keep_access.inbox_prefix(kuuid))
-    client = None
-    for _ in range(50):
-        try:
-            client = await connect()
-            break
-        except Exception:
-            await asyncio.sleep(0.1)
+    client = await connect(nats_server.url, "probe-" + kuuid[:8], passwords={"probe-" + kuuid[:8]: password},
+                           auth_settle=5.0, inbox_prefix=keep_access.inbox_prefix(kuuid))
+    client._error_cb = on_error
     errors.clear()  # refusals while the server was still reloading its users
     try:
         await client.publish(subjects.keep(other_kuuid), cbor2.dumps("request-evidence"))

@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 
 import nats
 import pytest
-from nats.errors import NoServersError
 
 from bus import users
+from bus.connection import connect
 from bus.server import EmbeddedServer
 from tests.conftest import eventually
 
 
-async def _connect_when_accepted(url: str, name: str, password: str, timeout: float = 5.0) -> nats.NATS:
-    """The server applies SIGHUP asynchronously: retry until the new user is known."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            return await nats.connect(url, user=name, password=password, allow_reconnect=False,
-                                      connect_timeout=1, max_reconnect_attempts=0)
-        except (NoServersError, nats.errors.Error, OSError):
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.05)
+async def _connect_when_accepted(url: str, name: str, password: str) -> nats.NATS:
+    """The server applies SIGHUP asynchronously: the login is retried until the new user is known."""
+    return await connect(url, name, passwords={name: password}, auth_settle=5.0, allow_reconnect=False,
+                         max_reconnect_attempts=0)
 
 
 async def test_a_dynamic_user_gets_only_its_subjects_and_loses_access_when_removed(nats_server: EmbeddedServer,

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import orjson
 
+from bus import procfs
+
 LOADER_MODULE = "teebus.keep"
 
 
@@ -46,13 +48,7 @@ async def spawn(kuuid: str, *, data_dir: Path, nats_url: str, user: str, passwor
 
 def is_alive(pid: int | None, kuuid: str) -> bool:
     """True while `pid` is the keep loader of `kuuid` (not a zombie, not a reused pid)."""
-    if not pid:
-        return False
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return False
-    return kuuid.encode() in argv
+    return kuuid.encode() in procfs.argv(pid)
 
 
 def terminate(pid: int | None, kuuid: str, hard: bool = False) -> None:
