@@ -54,6 +54,10 @@ async def connect(url: str, role: str, data_dir: Path | None = None, name: str |
         except BusConnectError as exc:
             if "wrong credentials" not in str(exc) or asyncio.get_running_loop().time() > deadline:
                 raise
+        except ConnectionResetError:  # a refusal can also arrive as the server hanging up
+            if asyncio.get_running_loop().time() > deadline:
+                raise BusConnectError(f"{_display(url)} closed the connection of role {role!r} "
+                                      "during the login") from None
         await asyncio.sleep(0.05)
 
 
