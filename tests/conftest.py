@@ -9,6 +9,8 @@ from typing import AsyncIterator, Awaitable, Callable
 import pytest
 from nats.aio.client import Client
 
+from adapters.http import enarx as enarx_http
+from adapters.http import mesatee as mesatee_http
 from bus import events, log, payloads
 from bus.component import Component, Context
 from bus.connection import connect
@@ -79,7 +81,7 @@ async def start_node(nats_server: EmbeddedServer) -> AsyncIterator[Callable[...,
 
     async def factory(names: list[str], ports: dict[str, int] | None = None) -> Node:
         settings = Settings(data_dir=nats_server.data_dir, nats_url=nats_server.url,
-                            ports=ports or {"mesatee-kms": free_port()})
+                            ports=ports or free_site_ports())
         node = Node(settings, names)
         await node.start()
         nodes.append(node)
@@ -88,6 +90,11 @@ async def start_node(nats_server: EmbeddedServer) -> AsyncIterator[Callable[...,
     yield factory
     for node in reversed(nodes):
         await node.stop()
+
+
+def free_site_ports() -> dict[str, int]:
+    """A free port for every HTTP site, so tests never meet a `teebus up` running on the defaults."""
+    return {site: free_port() for site in (*mesatee_http.DEFAULT_PORTS, *enarx_http.DEFAULT_PORTS)}
 
 
 def internal_token(data_dir: Path) -> str:

@@ -19,7 +19,7 @@ from components.mesatee import subjects
 from components.mesatee.kms import BUCKET, KmsComponent
 from teebus.launcher import System
 from teebus.settings import REPO_ROOT, Settings
-from tests.conftest import internal_token
+from tests.conftest import free_site_ports, internal_token
 
 # The seed's own request examples, byte for byte (tabs and all).
 SEED_CREATE = b'{\n\t"type": "Create"\n}'
@@ -246,7 +246,7 @@ async def test_adapter_role_cannot_reach_internal_subjects(start_component, conn
 
 async def test_restart_keeps_every_key(tmp_path: Path):
     """Stop everything (server included), start again on the same data directory."""
-    settings = Settings(data_dir=tmp_path / "data", nats_port=free_port(), ports={"mesatee-kms": free_port()})
+    settings = Settings(data_dir=tmp_path / "data", nats_port=free_port(), ports=free_site_ports())
     system = System(settings.resolved())
     await system.start()
     try:
