@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -57,7 +56,7 @@ import orjson
 
 from adapters.http.runner import INTERNAL_TOKEN_FILE
 from bench.processes import (REPO_ROOT, BenchError, Children, child_environment, cpu_seconds,
-                             machine_busy_seconds, python_module, stop)
+                             machine_busy_seconds, python_module, run_until_done, stop)
 from bus import log
 from bus.credentials import ensure_secret_file
 from bus.server import EmbeddedServer, ServerError, free_port
@@ -364,28 +363,13 @@ async def bench(args: argparse.Namespace) -> list[Result]:
             await server.stop()
 
 
-async def main_async(args: argparse.Namespace) -> list[Result]:
-    task = asyncio.current_task()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)  # SIGTERM cleans up too
-    return await bench(args)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     log.configure("warning")
-    try:
-        results = asyncio.run(main_async(args))
-    except KeyboardInterrupt:
-        print("interrupted; every process was stopped", file=sys.stderr)
-        return 130
-    except asyncio.CancelledError:
-        print("terminated; every process was stopped", file=sys.stderr)
-        return 143
-    except (BenchError, ServerError) as exc:
-        print(f"bus_overhead: {exc}", file=sys.stderr)
-        return 1
-    print_report(results, args)
-    return 0
+    code, results = run_until_done("bus_overhead", lambda: bench(args), (BenchError, ServerError))
+    if results is not None:
+        print_report(results, args)
+    return code
 
 
 if __name__ == "__main__":

@@ -72,12 +72,13 @@ import wasmtime
 
 from bench.bus_overhead import teebus_command
 from bench.processes import (REPO_ROOT, BenchError, Children, cpu_seconds, machine_busy_seconds,
-                             python_module)
+                             python_module, run_until_done)
 from bus import events, log, payloads
 from bus.connection import connect
 from bus.server import EmbeddedServer, ServerError, free_port
 from components.enarx.wasm_runner import Limits, RunRequest, RunResult, WasmRunner
 from teebus.enarx_client import EnarxClient, EnarxError, kuuid_text, pinned_context
+from tests.wasm_modules import FD_WRITE, SOURCES, leb128
 
 HOST = "127.0.0.1"
 MIB = 1024 * 1024
@@ -97,23 +98,9 @@ LIMITS = {"deadline_seconds": 60.0, "max_memory_bytes": 256 * MIB, "max_output_b
 LIMIT_FLAGS = {"deadline_seconds": "--wasm-deadline", "max_memory_bytes": "--wasm-memory",
                "max_output_bytes": "--wasm-output", "max_module_bytes": "--wasm-max-module"}
 
-_FD_WRITE = ('(import "wasi_snapshot_preview1" "fd_write" '
-             '(func $fd_write (param i32 i32 i32 i32) (result i32)))')
-
-HELLO = f"""
-(module
-  {_FD_WRITE}
-  (memory (export "memory") 1)
-  (data (i32.const 16) "hello\\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 16))
-    (i32.store (i32.const 4) (i32.const 6))
-    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
-"""
-
 COMPUTE = f"""
 (module
-  {_FD_WRITE}
+  {FD_WRITE}
   (memory (export "memory") 1)
   (func (export "_start")
     (local $i i32) (local $x i64) (local $p i32)
@@ -138,7 +125,7 @@ COMPUTE = f"""
     (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
 """
 
-WORKLOADS = {"hello": HELLO, "compute": COMPUTE}
+WORKLOADS = {"hello": SOURCES["hello"], "compute": COMPUTE}
 
 
 # --- samples and their summaries ---------------------------------------------------------------
@@ -202,24 +189,11 @@ class Throughput:
 
 # --- modules ---------------------------------------------------------------------------------
 
-def _leb128(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | 0x80 if value else byte)
-        if not value:
-            return bytes(out)
-
-
 def unique(wasm: bytes, counter: int, salt: bytes) -> bytes:
     """`wasm` plus a custom section holding `salt` and `counter`: new bytes (a cache miss), same code."""
     name = b"teebus-bench"
-    content = _leb128(len(name)) + name + salt + counter.to_bytes(8, "little")
-    return wasm + b"\x00" + _leb128(len(content)) + content
-
-
-def compile_wat(source: str) -> bytes:
-    return bytes(wasmtime.wat2wasm(source))
+    content = leb128(len(name)) + name + salt + counter.to_bytes(8, "little")
+    return wasm + b"\x00" + leb128(len(content)) + content
 
 
 # --- (a) in this process ---------------------------------------------------------------------
@@ -557,7 +531,7 @@ async def measure_all(args: argparse.Namespace, enarx: EnarxClient, keep: dict[s
             target = KeepTarget(keep, session, enarx)
             for name, source in WORKLOADS.items():
                 print(f"  measuring (a) and (b): {name} ...", flush=True)
-                results.append(await measure_workload(name, compile_wat(source), target, cold_runner,
+                results.append(await measure_workload(name, bytes(wasmtime.wat2wasm(source)), target, cold_runner,
                                                       warm_runner, args.rounds, processes))
     other = cpu_delta(before, cpu_snapshot(processes))["other"] / (time.monotonic() - started)
     proxy, bare = await measure_proxy(args, enarx, keep, server, children, processes, data_dir)
@@ -704,28 +678,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def main_async(args: argparse.Namespace) -> Report:
-    task = asyncio.current_task()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)  # SIGTERM cleans up too
-    return await bench(args)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     log.configure("warning")
-    try:
-        report = asyncio.run(main_async(args))
-    except KeyboardInterrupt:
-        print("interrupted; every process was stopped", file=sys.stderr)
-        return 130
-    except asyncio.CancelledError:
-        print("terminated; every process was stopped", file=sys.stderr)
-        return 143
-    except (BenchError, EnarxError, ServerError) as exc:
-        print(f"enarx_workload: {exc}", file=sys.stderr)
-        return 1
-    print_report(report)
-    return 0
+    code, report = run_until_done("enarx_workload", lambda: bench(args), (BenchError, EnarxError, ServerError))
+    if report is not None:
+        print_report(report)
+    return code
 
 
 if __name__ == "__main__":

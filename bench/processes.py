@@ -11,6 +11,9 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Awaitable, Callable, TypeVar
+
+T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STOP_GRACE = 5.0
@@ -106,3 +109,24 @@ async def stop(process: asyncio.subprocess.Process, grace: float = STOP_GRACE) -
     except asyncio.TimeoutError:
         process.kill()
         await process.wait()
+
+
+def run_until_done(label: str, work: Callable[[], Awaitable[T]],
+                   expected: tuple[type[Exception], ...]) -> tuple[int, T | None]:
+    """Run a benchmark to its end: (exit code, result); Ctrl-C and SIGTERM still stop every child."""
+    async def cancellable() -> T:
+        task = asyncio.current_task()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await work()
+
+    try:
+        return 0, asyncio.run(cancellable())
+    except KeyboardInterrupt:
+        print("interrupted; every process was stopped", file=sys.stderr)
+        return 130, None
+    except asyncio.CancelledError:
+        print("terminated; every process was stopped", file=sys.stderr)
+        return 143, None
+    except expected as exc:
+        print(f"{label}: {exc}", file=sys.stderr)
+        return 1, None

@@ -10,7 +10,7 @@ from functools import lru_cache
 
 import wasmtime
 
-_FD_WRITE = ('(import "wasi_snapshot_preview1" "fd_write" '
+FD_WRITE = ('(import "wasi_snapshot_preview1" "fd_write" '
              '(func $fd_write (param i32 i32 i32 i32) (result i32)))')
 
 ECHO = """
@@ -146,7 +146,7 @@ TRAP = """
 
 CHATTY = f"""
 (module
-  {_FD_WRITE}
+  {FD_WRITE}
   (memory (export "memory") 2)
   (func (export "_start")
     (memory.fill (i32.const 65536) (i32.const 120) (i32.const 65536))
@@ -159,7 +159,7 @@ CHATTY = f"""
 
 HELLO = f"""
 (module
-  {_FD_WRITE}
+  {FD_WRITE}
   (memory (export "memory") 1)
   (data (i32.const 16) "hello\\n")
   (func (export "_start")
@@ -175,7 +175,7 @@ def _sleeper(nanoseconds: int) -> str:
     return f"""
 (module
   (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
-  {_FD_WRITE}
+  {FD_WRITE}
   (memory (export "memory") 1)
   (data (i32.const 600) "woke\\n")
   (func (export "_start")
@@ -216,7 +216,7 @@ def wat(name: str) -> bytes:
     return bytes(wasmtime.wat2wasm(SOURCES[name]))
 
 
-def _leb128(value: int) -> bytes:
+def leb128(value: int) -> bytes:
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -233,11 +233,11 @@ def padded(wasm: bytes, total: int, name: bytes = b"padding") -> bytes:
 
     Custom sections are ignored by the engine, so this makes big uploads without big programs.
     """
-    header = _leb128(len(name)) + name
+    header = leb128(len(name)) + name
     room = total - len(wasm) - 1  # minus the section id byte
     for size_len in range(1, 6):
         payload = room - size_len - len(header)
-        if payload >= 0 and len(_leb128(len(header) + payload)) == size_len:
-            section = b"\x00" + _leb128(len(header) + payload) + header + b"\x00" * payload
+        if payload >= 0 and len(leb128(len(header) + payload)) == size_len:
+            section = b"\x00" + leb128(len(header) + payload) + header + b"\x00" * payload
             return wasm + section
     raise ValueError(f"cannot pad a {len(wasm)}-byte module to {total} bytes")
