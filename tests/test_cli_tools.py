@@ -18,9 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 import cbor2
 import orjson
@@ -461,11 +462,17 @@ def test_cli_up_status_req_events_and_clean_shutdown(tmp_path):
         up.stop()
 
 
-def test_cli_up_on_a_taken_nats_port_fails_clearly(tmp_path):
+@contextmanager
+def _taken_port() -> Iterator[int]:
+    """A loopback port something else listens on for the duration."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = taken.getsockname()[1]
+        yield taken.getsockname()[1]
+
+
+def test_cli_up_on_a_taken_nats_port_fails_clearly(tmp_path):
+    with _taken_port() as port:
         result = _cli("up", "--data-dir", str(tmp_path / "data"), "--nats-port", str(port),
                       "--port", f"mesatee-kms={free_port()}")
     assert result.returncode == 1
@@ -476,10 +483,7 @@ def test_cli_up_on_a_taken_nats_port_fails_clearly(tmp_path):
 
 def test_cli_up_on_a_taken_http_port_fails_clearly_and_stops_nats(tmp_path):
     nats_port = free_port()
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with _taken_port() as port:
         result = _cli("up", "--data-dir", str(tmp_path / "data"), "--nats-port", str(nats_port),
                       "--port", f"mesatee-kms={port}")
     assert result.returncode == 1
