@@ -25,7 +25,7 @@ from bus.events import Events
 from bus.requester import Requester
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built for every request: slots without frozen cost a quarter as much
 class Incoming:
     """One decoded request as a handler sees it."""
 
@@ -36,7 +36,7 @@ class Incoming:
     request_id: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Outgoing:
     """Return this from a handler to choose the reply's content type explicitly."""
 
@@ -50,9 +50,14 @@ Handler = Callable[[Incoming], Awaitable[Any]]
 
 @dataclass(frozen=True)
 class Endpoint:
+    """A subject and its handler. `inline` handlers answer from memory (no waiting on I/O): they run
+    one at a time in the subscription's own task instead of a task per request, which saves a
+    task and a loop iteration per request; one that does wait stalls only its own endpoint."""
+
     name: str
     subject: str
     handler: Handler
+    inline: bool = False
 
 
 @dataclass
@@ -144,6 +149,10 @@ class Component:
     def _dispatcher(self, endpoint: Endpoint) -> Callable[[Request], Awaitable[None]]:
         counters = self._counters[endpoint.name]
 
+        async def serve_inline(request: Request) -> None:
+            counters.in_flight += 1
+            await self._serve(endpoint, request, counters)
+
         async def dispatch(request: Request) -> None:
             await self._slots.acquire()  # back-pressure: the subscription waits when we are full
             counters.in_flight += 1
@@ -151,7 +160,7 @@ class Component:
             self._tasks.add(task)
             task.add_done_callback(self._finished)
 
-        return dispatch
+        return serve_inline if endpoint.inline else dispatch
 
     def _finished(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
@@ -159,7 +168,7 @@ class Component:
 
     async def _serve(self, endpoint: Endpoint, request: Request, counters: _Counters) -> None:
         started = time.perf_counter_ns()
-        hdrs = dict(request.headers or {})
+        hdrs = request.headers or {}  # this message's own dict (nats-py builds one per message)
         request_id = hdrs.get(headers.REQUEST_ID) or log.new_request_id()
         log.bind_request(request_id, service=self.service_name, endpoint=endpoint.name)
         try:
@@ -181,7 +190,7 @@ class Component:
     async def _handle(self, endpoint: Endpoint, request: Request, hdrs: dict[str, str],
                       request_id: str) -> Outgoing:
         content_type = codec.content_type_of(hdrs)
-        body = await self.payloads.unpack(request.data, hdrs)
+        body = await self.payloads.unpack(request.data, hdrs) if headers.PAYLOAD_REF in hdrs else request.data
         incoming = Incoming(request.subject, codec.decode(body, content_type), content_type, hdrs, request_id)
         result = await endpoint.handler(incoming)
         if isinstance(result, Outgoing):

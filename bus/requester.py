@@ -11,11 +11,12 @@ from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
 from bus import codec, errors, headers, log
 from bus.payloads import Payloads
+from bus.replies import ReplyInbox
 
 DEFAULT_TIMEOUT = 5.0
 
 
-@dataclass(frozen=True)
+@dataclass
 class Reply:
     """A reply: `data` as received, `payload` decoded on first use (adapters often pass `data` on)."""
 
@@ -46,6 +47,7 @@ class Requester:
         self.client = client
         self.timeout = timeout
         self.payloads = Payloads(client)
+        self._replies = ReplyInbox(client)
 
     async def request(self, subject: str, payload: Any = None, *, content_type: str = headers.JSON,
                       timeout: float | None = None, request_id: str | None = None,
@@ -55,20 +57,24 @@ class Requester:
         With `encoded`, `payload` is already bytes in `content_type` (an adapter passing a body on).
         """
         timeout = timeout or self.timeout
-        hdrs = {headers.CONTENT_TYPE: content_type,
-                headers.REQUEST_ID: request_id or log.current_request_id() or log.new_request_id()}
+        request_id = request_id or log.current_request_id() or log.new_request_id()
+        hdrs = {headers.REQUEST_ID: request_id}
+        if content_type != headers.JSON:  # JSON is the default and goes unnamed, as replies do
+            hdrs[headers.CONTENT_TYPE] = content_type
         if extra_headers:
             hdrs.update(extra_headers)
-        data = await self.payloads.pack(payload if encoded else codec.encode(payload, content_type), hdrs)
+        data = payload if encoded else codec.encode(payload, content_type)
+        if not self.payloads.fits(len(data)):
+            data = await self.payloads.pack(data, hdrs)
         try:
-            msg = await self.client.request(subject, data, timeout=timeout, headers=hdrs)
+            msg = await self._replies.request(subject, data, hdrs, timeout)
         except NoRespondersError:
             raise errors.Unavailable(f"no component serves {subject}: is it running? "
                                      "(`teebus status` lists the live services)") from None
         except NatsTimeout:
             raise errors.Timeout(f"{subject} did not answer within {timeout:g}s") from None
+        if not msg.headers:  # the common reply: JSON, no error, small
+            return Reply(msg.data, headers.JSON, {headers.REQUEST_ID: request_id})
         raise_for_error(msg.headers)
         body = await self.payloads.unpack(msg.data, msg.headers)
-        reply_headers = dict(msg.headers or {})
-        reply_headers.setdefault(headers.REQUEST_ID, hdrs[headers.REQUEST_ID])  # header-less replies
-        return Reply(body, codec.content_type_of(msg.headers), reply_headers)
+        return Reply(body, codec.content_type_of(msg.headers), {headers.REQUEST_ID: request_id, **msg.headers})

@@ -15,6 +15,8 @@ from typing import Any
 import cbor2
 from aiohttp import web
 
+from adapters.http import routes
+from adapters.http.routes import path_param
 from adapters.http.runner import Site, SiteContext
 from bus.errors import BadRequest, Unavailable
 from bus.headers import CBOR, OCTETS
@@ -36,7 +38,7 @@ def cbor_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=cbor2.dumps(body), status=status, content_type=CBOR)
 
 
-async def read_cbor(context: SiteContext, request: web.Request, what: str) -> Any:
+async def read_cbor(context: SiteContext, request: web.BaseRequest, what: str) -> Any:
     raw = await context.body(request)
     try:
         return cbor2.loads(raw)
@@ -44,26 +46,26 @@ async def read_cbor(context: SiteContext, request: web.Request, what: str) -> An
         raise BadRequest(f"the body must be one CBOR item ({what}); it does not decode: {exc}") from None
 
 
-def path_kuuid(request: web.Request) -> str:
-    return messages.parse_uuid(request.match_info["kuuid"], "the keep id in the URL")
+def path_kuuid(request: web.BaseRequest) -> str:
+    return messages.parse_uuid(path_param(request, "kuuid"), "the keep id in the URL")
 
 
-def keepmgr_routes(context: SiteContext) -> list[web.RouteDef]:
+def keepmgr_routes(context: SiteContext) -> list[routes.Route]:
     bus = context.requester
 
-    async def contracts(request: web.Request) -> web.Response:
+    async def contracts(request: web.BaseRequest) -> web.Response:
         reply = await bus.request(subjects.CONTRACTS, None, content_type=CBOR)
         return web.Response(body=reply.data, content_type=CBOR)
 
-    async def new_keep(request: web.Request) -> web.Response:
+    async def new_keep(request: web.BaseRequest) -> web.Response:
         contract = await read_cbor(context, request, "a KeepContract")
         messages.parse_contract(contract)
         reply = await bus.request(subjects.NEW_KEEP, {"contract": contract,
-                                                      "path_uuid": request.match_info.get("uuid")},
+                                                      "path_uuid": path_param(request, "uuid")},
                                   content_type=CBOR, timeout=NEW_KEEP_TIMEOUT)
         return web.Response(body=reply.data, content_type=CBOR)
 
-    async def converse(request: web.Request) -> web.Response:
+    async def converse(request: web.BaseRequest) -> web.Response:
         kuuid = path_kuuid(request)
         body = await context.body(request)
         try:
@@ -77,24 +79,24 @@ def keepmgr_routes(context: SiteContext) -> list[web.RouteDef]:
         reason = f" ({keep['error']})" if keep.get("error") else ""
         return Unavailable(f"the loader of keep {kuuid} is gone: the keep is {keep['state']}{reason}")
 
-    async def keeps(request: web.Request) -> web.Response:
+    async def keeps(request: web.BaseRequest) -> web.Response:
         reply = await bus.request(subjects.KEEPS, None, content_type=CBOR)
         return web.Response(body=reply.data, content_type=CBOR)
 
-    async def keep(request: web.Request) -> web.Response:
+    async def keep(request: web.BaseRequest) -> web.Response:
         reply = await bus.request(subjects.KEEP_GET, {"kuuid": path_kuuid(request)}, content_type=CBOR)
         return web.Response(body=reply.data, content_type=CBOR)
 
-    async def shutdown(request: web.Request) -> web.Response:
+    async def shutdown(request: web.BaseRequest) -> web.Response:
         reply = await bus.request(subjects.KEEP_DELETE, {"kuuid": path_kuuid(request)}, content_type=CBOR,
                                   timeout=SHUTDOWN_TIMEOUT)
         return web.Response(body=reply.data, content_type=CBOR)
 
-    return [web.post("/contracts", contracts), web.post("/contracts/", contracts),
-            web.post("/new_keep", new_keep), web.post("/new_keep/", new_keep),
-            web.post("/new_keep/{uuid}", new_keep),
-            web.post("/keep/{kuuid}", converse), web.post("/keep/{kuuid}/", converse),
-            web.get("/keeps", keeps), web.get("/keep/{kuuid}", keep), web.delete("/keep/{kuuid}", shutdown)]
+    return [routes.post("/contracts", contracts), routes.post("/contracts/", contracts),
+            routes.post("/new_keep", new_keep), routes.post("/new_keep/", new_keep),
+            routes.post("/new_keep/{uuid}", new_keep),
+            routes.post("/keep/{kuuid}", converse), routes.post("/keep/{kuuid}/", converse),
+            routes.get("/keeps", keeps), routes.get("/keep/{kuuid}", keep), routes.delete("/keep/{kuuid}", shutdown)]
 
 
 def sites(ports: dict[str, int]) -> list[Site]:
@@ -108,8 +110,8 @@ def wasmldr_site(kuuid: str, port: int, key_pem: bytes, certificate_pem: bytes, 
                  deadline_seconds: float) -> Site:
     """One keep's wasmldr: HTTPS with the keep's own certificate, `POST /workload`."""
 
-    def routes(context: SiteContext) -> list[web.RouteDef]:
-        async def workload(request: web.Request) -> web.Response:
+    def workload_routes(context: SiteContext) -> list[routes.Route]:
+        async def workload(request: web.BaseRequest) -> web.Response:
             # passed on as received: the wasmldr decodes and validates it once (a 64 MB module
             # should not be decoded twice in one process); oversized bodies stop at the site limit
             body = await context.body(request)
@@ -119,9 +121,9 @@ def wasmldr_site(kuuid: str, port: int, key_pem: bytes, certificate_pem: bytes, 
                 return web.Response(body=reply.data, content_type=CBOR)
             return cbor_response({**messages.error(reply.payload["details"]), **reply.payload}, status=422)
 
-        return [web.post("/workload", workload), web.post("/workload/", workload)]
+        return [routes.post("/workload", workload), routes.post("/workload/", workload)]
 
-    return Site(f"enarx-wasmldr-{kuuid}", port, "keepldr", routes, render_error,
+    return Site(f"enarx-wasmldr-{kuuid}", port, "keepldr", workload_routes, render_error,
                 body_limit=2 * max_module_bytes + WORKLOAD_MARGIN, tls=tls_context(key_pem, certificate_pem))
 
 

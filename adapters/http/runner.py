@@ -2,21 +2,24 @@
 
 A system's adapter module describes its `Site`s; the runner serves them all. Each site names the
 NATS role its requests travel as (`adapter` for external ports, `gateway` for internal ports, which
-also demand the internal credential) and how its API renders an error.
+also demand the internal credential) and how its API renders an error. Sites run on aiohttp's
+low-level server with the routes of adapters/http/routes.py (see there for why).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Callable
 
 from aiohttp import web
 
+from adapters.http.routes import PATH_PARAMS, Handler, NoRoute, Route, Router
 from bus import log
 from bus.credentials import ensure_secret_file
 from bus.errors import BusError, TooLarge, Unauthorized
@@ -37,7 +40,7 @@ class Site:
     name: str
     port: int
     role: str
-    routes: Callable[["SiteContext"], list[web.RouteDef]]
+    routes: Callable[["SiteContext"], list[Route]]
     render_error: ErrorRenderer
     body_limit: int = DEFAULT_BODY_LIMIT
     internal: bool = False
@@ -52,7 +55,7 @@ class SiteContext:
     site: Site
     token_digest: bytes | None = None
 
-    def authorize(self, request: web.Request) -> None:
+    def authorize(self, request: web.BaseRequest) -> None:
         """Demand `Authorization: Bearer <data-dir>/internal.token`, compared in constant time."""
         if self.token_digest is None:
             return
@@ -62,15 +65,13 @@ class SiteContext:
             raise Unauthorized("this is an internal endpoint: send `Authorization: Bearer <token>` "
                                "with the token from <data-dir>/internal.token")
 
-    async def body(self, request: web.Request) -> bytes:
-        """The request body, refused with 413 beyond the site's limit (checked before reading)."""
-        limit = self.site.body_limit
-        if request.content_length is not None and request.content_length > limit:
-            raise TooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes")
+    async def body(self, request: web.BaseRequest) -> bytes:
+        """The request body, refused with 413 beyond the site's limit."""
         try:
-            return await request.read()  # the app's client_max_size is the same limit
+            return await request.read()  # stops reading once past the site's limit (client_max_size)
         except web.HTTPRequestEntityTooLarge:
-            raise TooLarge(f"request body exceeds the limit of {limit} bytes") from None
+            size = f" of {request.content_length} bytes" if request.content_length else ""
+            raise TooLarge(f"request body{size} exceeds the limit of {self.site.body_limit} bytes") from None
 
 
 def internal_token_digest(data_dir: Path) -> bytes:
@@ -79,15 +80,21 @@ def internal_token_digest(data_dir: Path) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-def _middleware(site: Site) -> Callable:
-    @web.middleware
-    async def request_context(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                              ) -> web.StreamResponse:
-        offered = request.headers.get(REQUEST_ID_HEADER, "")
-        request_id = offered if _REQUEST_ID.match(offered) else log.new_request_id()
+def site_handler(site: Site, context: SiteContext) -> Handler:
+    """The one handler of a site: request id and logging context, routing, errors in the API's shape."""
+    router = Router(site.routes(context))
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        offered = request.headers.get(REQUEST_ID_HEADER)
+        request_id = offered if offered and _REQUEST_ID.match(offered) else log.new_request_id()
         log.bind_request(request_id, site=site.name, method=request.method, path=request.path)
         try:
+            handler, params = router.resolve(request.method, request.path)
+            if params:
+                request[PATH_PARAMS] = params
             response = await handler(request)
+        except NoRoute as exc:
+            response = _no_route(site, request, exc)
         except BusError as exc:
             level = _log.warning if exc.status >= 500 else _log.info
             level("request failed", status=exc.status, error=exc.message)
@@ -100,14 +107,27 @@ def _middleware(site: Site) -> Callable:
         response.headers[REQUEST_ID_HEADER] = request_id
         return response
 
-    return request_context
+    return handle
 
 
-def build_app(site: Site, requester: Requester, data_dir: Path) -> web.Application:
+def _no_route(site: Site, request: web.BaseRequest, exc: NoRoute) -> web.StreamResponse:
+    if exc.status == 404:
+        return site.render_error(404, f"Not Found: {request.method} {request.path}")
+    response = site.render_error(405, f"Method Not Allowed: {request.method} {request.path} "
+                                      f"(allowed: {', '.join(exc.allowed)})")
+    response.headers["Allow"] = ", ".join(exc.allowed)
+    return response
+
+
+def build_server(site: Site, requester: Requester, data_dir: Path) -> web.Server:
+    """aiohttp's low-level server for one site, its bodies bounded by the site's limit."""
     context = SiteContext(requester, site, internal_token_digest(data_dir) if site.internal else None)
-    app = web.Application(middlewares=[_middleware(site)], client_max_size=site.body_limit)
-    app.add_routes(site.routes(context))
-    return app
+    loop = asyncio.get_running_loop()
+
+    def make_request(message, payload, protocol, writer, task) -> web.BaseRequest:  # noqa: ANN001
+        return web.BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=site.body_limit)
+
+    return web.Server(site_handler(site, context), request_factory=make_request, access_log=None)
 
 
 @dataclass
@@ -116,13 +136,13 @@ class HttpServer:
 
     host: str
     data_dir: Path
-    _runners: list[web.AppRunner] = field(default_factory=list)
+    _runners: list[web.ServerRunner] = field(default_factory=list)
     bound: dict[str, str] = field(default_factory=dict)
 
     async def start(self, sites: list[Site], requesters: dict[str, Requester]) -> None:
         for site in sites:
-            runner = web.AppRunner(build_app(site, requesters[site.role], self.data_dir), access_log=None,
-                                   handle_signals=False)
+            runner = web.ServerRunner(build_server(site, requesters[site.role], self.data_dir),
+                                      handle_signals=False)
             await runner.setup()
             try:
                 await web.TCPSite(runner, self.host, site.port, backlog=1024, ssl_context=site.tls).start()

@@ -6,7 +6,7 @@ so a recording of bus traffic reads in the API's own terms.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +21,11 @@ MAX_KEY_ID_CHARS = 64
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 
 
+def _base64(data: bytes) -> str:
+    """Standard base64 with padding, as the seed's examples (binascii: half the cost of base64's)."""
+    return binascii.b2a_base64(data, newline=False).decode()
+
+
 @dataclass(frozen=True)
 class KeyConfig:
     """AEADKeyConfig: AES-256-GCM key, nonce and associated data."""
@@ -30,7 +35,7 @@ class KeyConfig:
     ad: bytes
 
     def to_json(self) -> dict[str, str]:
-        return {name: base64.b64encode(getattr(self, name)).decode() for name in ("key", "nonce", "ad")}
+        return {"key": _base64(self.key), "nonce": _base64(self.nonce), "ad": _base64(self.ad)}
 
     def to_bytes(self) -> bytes:
         return self.key + self.nonce + self.ad
