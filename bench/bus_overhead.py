@@ -4,8 +4,9 @@
     (b) pipeline  an aiohttp handler that does one nats-py `nc.request()` to a plain nats-py
                   responder in another process and returns its reply: the least this architecture
                   (HTTP adapter -> NATS -> component process) can cost;
-    (h) headers   (b) with the two headers every teebus hop carries (Content-Type, a request id),
-                  answered in kind: what the bus conventions alone cost in nats-py;
+    (h) headers   (b) with the header every teebus request carries (its request id; JSON, the
+                  default, needs no Content-Type, and a JSON reply carries no headers): what the
+                  bus conventions alone cost in nats-py;
     (c) teebus    MesaTEE KMS `Get` through the real HTTP adapter (`teebus run http.mesatee`) and the
                   real component (`teebus run mesatee.kms`), each in its own process, with the
                   internal bearer token, against a key created first.
@@ -18,7 +19,7 @@ have the size of a KMS `Get` request and reply, so only the machinery differs.
 
 How to read the ratios (1.00 means as fast as the baseline):
     b/a  what one NATS round trip through a second process costs over bare HTTP;
-    h/b  what the two headers of the bus conventions cost nats-py on both hops;
+    h/b  what the request id header of the bus conventions costs nats-py;
     c/b  what teebus adds on top of that bare pipeline (codecs, headers, request ids, logging
          context, micro service, validation, auth, the KV read, unsealing) -- target >= 0.8;
     c/h  the same without the headers' share: teebus's own code;
@@ -118,7 +119,7 @@ def nats_server_pid(server: EmbeddedServer) -> dict[str, int]:
 
 async def start_pipeline(children: Children, server: EmbeddedServer, data_dir: Path,
                          with_headers: bool = False) -> Target:
-    """(b), or (h) when the requests and replies carry the two headers teebus puts on every hop."""
+    """(b), or (h) when the requests carry the request id header teebus puts on every request."""
     name = "h" if with_headers else "b"
     port = free_port()
     bus_args = ["--nats", server.url, "--data-dir", str(data_dir), "--subject", f"bench.{name}"]
@@ -127,7 +128,7 @@ async def start_pipeline(children: Children, server: EmbeddedServer, data_dir: P
     proxy_args = [*bus_args, "--headers"] if with_headers else bus_args
     proxy = await children.start(f"{name}-proxy", python_module("bench.servers", "proxy", "--port", str(port),
                                                                  *proxy_args))
-    label = "the same with teebus's 2 headers" if with_headers else "aiohttp -> nc.request -> responder"
+    label = "the same with teebus's request id header" if with_headers else "aiohttp -> nc.request -> responder"
     return Target(name, label, f"http://{HOST}:{port}/", GET_BODY,
                   processes={f"{name}-proxy": proxy.pid, f"{name}-responder": responder.pid,
                              **nats_server_pid(server)})
@@ -267,7 +268,7 @@ def print_cpu(results: list[Result]) -> None:
 
 
 RATIO_MEANINGS = {("b", "a"): "one NATS round trip through a second process, over bare HTTP",
-                  ("h", "b"): "nats-py with headers (Content-Type, request id), over without",
+                  ("h", "b"): "nats-py with a request id header, over without",
                   ("c", "b"): "teebus adapter + component, over the bare pipeline",
                   ("c", "h"): "teebus adapter + component, over the bare pipeline with headers",
                   ("c", "a"): "teebus end to end, over bare HTTP"}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import os
 import signal
 import sys
 from pathlib import Path
@@ -26,7 +25,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bus import loop as bus_loop
-from bus.headers import CONTENT_TYPE, JSON, REQUEST_ID
+from bus.headers import REQUEST_ID
+from bus.log import new_request_id
 from bus.connection import connect
 
 SUBJECT = "bench.echo"
@@ -50,11 +50,11 @@ async def bare_handler(request: web.Request) -> web.Response:
 
 def proxy_handler(client: Client, subject: str, with_headers: bool
                   ) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """(b): forward the body with one NATS request and return the reply's bytes; (h) adds the two
-    headers every teebus hop carries (Content-Type and a request id)."""
+    """(b): forward the body with one NATS request and return the reply's bytes; (h) adds the header
+    every teebus request carries (its request id; JSON, the default, goes without a Content-Type)."""
 
     async def handler(request: web.Request) -> web.Response:
-        hdrs = {CONTENT_TYPE: JSON, REQUEST_ID: os.urandom(16).hex()} if with_headers else None
+        hdrs = {REQUEST_ID: new_request_id()} if with_headers else None
         msg = await client.request(subject, await request.read(), timeout=REQUEST_TIMEOUT, headers=hdrs)
         return json_response(msg.data)
 
@@ -90,11 +90,7 @@ async def responder(args: argparse.Namespace, stop: asyncio.Event) -> None:
     client = await connect(args.nats, "admin", data_dir=args.data_dir, name="bench-responder")
 
     async def answer(msg: Msg) -> None:
-        if msg.headers:  # answer in kind, as a teebus component does
-            await client.publish(msg.reply, REPLY, headers={CONTENT_TYPE: JSON,
-                                                            REQUEST_ID: msg.headers.get(REQUEST_ID, "")})
-        else:
-            await msg.respond(REPLY)
+        await msg.respond(REPLY)  # as a teebus component answers JSON: no headers
 
     try:
         await client.subscribe(args.subject, queue=QUEUE, cb=answer)
@@ -116,7 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--nats", help="NATS URL (proxy, responder)")
     parser.add_argument("--data-dir", type=Path, help="holds nats.credentials (proxy, responder)")
     parser.add_argument("--subject", default=SUBJECT, help="NATS subject (proxy, responder)")
-    parser.add_argument("--headers", action="store_true", help="proxy: send teebus's two headers")
+    parser.add_argument("--headers", action="store_true", help="proxy: send teebus's request id header")
     args = parser.parse_args(argv)
     if args.role in ("bare", "proxy") and args.port is None:
         parser.error(f"{args.role} needs --port")

@@ -33,7 +33,9 @@ class EchoComponent(Component):
                 Endpoint("value", "conclave.testecho.value", self.echo_value),
                 Endpoint("fail", "conclave.testecho.fail", self.fail),
                 Endpoint("crash", "conclave.testecho.crash", self.crash),
-                Endpoint("slow", "conclave.testecho.slow", self.slow)]
+                Endpoint("slow", "conclave.testecho.slow", self.slow),
+                Endpoint("slow_inline", "conclave.testecho.slowinline", self.slow, inline=True),
+                Endpoint("fail_inline", "conclave.testecho.failinline", self.fail, inline=True)]
 
     async def echo_bytes(self, incoming: Incoming) -> Outgoing:
         return Outgoing(incoming.payload, headers.OCTETS)
@@ -210,3 +212,59 @@ async def test_json_replies_travel_without_headers_and_others_name_their_type(st
     typed = await client.request("conclave.testecho.value", cbor2.dumps({"a": 1}), timeout=5,
                                  headers={headers.REQUEST_ID: "rid-3", headers.CONTENT_TYPE: headers.CBOR})
     assert typed.headers[headers.CONTENT_TYPE] == headers.CBOR and typed.headers[headers.REQUEST_ID] == "rid-3"
+
+
+async def test_inline_endpoints_answer_in_order_and_stall_only_themselves(start_component, connect_as):
+    """An inline endpoint serves one request at a time in its subscription; other endpoints go on."""
+    await start_component(EchoComponent)
+    requester = Requester(await connect_as("adapter"))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    inline = asyncio.gather(*(requester.request("conclave.testecho.slowinline", 0.2) for _ in range(3)))
+    other = await requester.request("conclave.testecho.value", {"x": 1})
+    answered_meanwhile = loop.time() - started
+    assert [r.payload for r in await inline] == ["done"] * 3
+    assert loop.time() - started >= 0.6           # 3 x 0.2 s, in series
+    assert answered_meanwhile < 0.2 and other.payload["got"] == {"x": 1}
+    with pytest.raises(BadRequest, match="field x is missing"):  # errors keep their type inline too
+        await requester.request("conclave.testecho.failinline", {})
+
+
+async def test_json_requests_carry_only_the_request_id_and_others_name_their_type(connect_as):
+    listener = await connect_as("component")
+    seen: list[dict[str, str] | None] = []
+
+    async def answer(msg) -> None:
+        seen.append(msg.headers)
+        await msg.respond(b"{}")
+
+    await listener.subscribe("conclave.testheaders.echo", cb=answer)
+    await listener.flush()
+    requester = Requester(await connect_as("adapter"))
+    await requester.request("conclave.testheaders.echo", {"a": 1}, request_id="rid-json")
+    await requester.request("conclave.testheaders.echo", {"a": 1}, content_type=headers.CBOR, request_id="rid-cbor")
+    assert seen == [{headers.REQUEST_ID: "rid-json"},
+                    {headers.REQUEST_ID: "rid-cbor", headers.CONTENT_TYPE: headers.CBOR}]
+
+
+async def test_replies_find_their_own_request_and_a_late_one_is_dropped(connect_as):
+    """Concurrent requests on one requester get their own replies; a reply after the timeout harms nothing."""
+    listener = await connect_as("component")
+    held: list = []
+
+    async def answer(msg) -> None:
+        body = orjson.loads(msg.data)
+        if body.get("hold"):
+            held.append(msg)
+            return
+        await msg.respond(orjson.dumps({"echo": body["n"]}))
+
+    await listener.subscribe("conclave.testreplies.echo", cb=answer)
+    await listener.flush()
+    requester = Requester(await connect_as("adapter"))
+    replies = await asyncio.gather(*(requester.request("conclave.testreplies.echo", {"n": n}) for n in range(200)))
+    assert [r.payload["echo"] for r in replies] == list(range(200))
+    with pytest.raises(Timeout):
+        await requester.request("conclave.testreplies.echo", {"hold": True}, timeout=0.1)
+    await held[0].respond(b'{"echo": "late"}')  # to a request nobody waits for any more
+    assert (await requester.request("conclave.testreplies.echo", {"n": 7})).payload == {"echo": 7}

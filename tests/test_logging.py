@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -52,3 +55,12 @@ def test_terminal_rendering_is_key_value():
         log.configure("warning", json=True)
     text = stream.getvalue()
     assert "hello" in text and "answer=42" in text and "zzz" not in text
+
+
+def test_request_ids_are_unique_within_and_across_processes():
+    here = {log.new_request_id() for _ in range(10_000)}
+    assert len(here) == 10_000 and all(len(i) == 32 and int(i, 16) >= 0 for i in here)
+    code = "from bus import log; print(log.new_request_id())"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           cwd=Path(__file__).resolve().parent.parent).stdout.strip()
+    assert len(other) == 32 and other[:16] != next(iter(here))[:16]  # each process its own prefix

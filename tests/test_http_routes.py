@@ -1,0 +1,54 @@
+"""The adapters' router: exact and templated paths, 404 and 405, HEAD for GET routes."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters.http import routes
+from adapters.http.routes import NoRoute, Router
+
+
+async def contracts(request):  # handlers are only compared by identity here
+    return None
+
+
+async def keep(request):
+    return None
+
+
+async def shutdown(request):
+    return None
+
+
+ROUTER = Router([routes.post("/contracts", contracts), routes.get("/keep/{kuuid}", keep),
+                 routes.delete("/keep/{kuuid}", shutdown)])
+
+
+def test_exact_and_templated_paths_resolve_with_their_parameters():
+    assert ROUTER.resolve("POST", "/contracts") == (contracts, {})
+    assert ROUTER.resolve("GET", "/keep/abc-1") == (keep, {"kuuid": "abc-1"})
+    assert ROUTER.resolve("DELETE", "/keep/abc-1") == (shutdown, {"kuuid": "abc-1"})
+    assert ROUTER.resolve("HEAD", "/keep/abc-1") == (keep, {"kuuid": "abc-1"})
+
+
+@pytest.mark.parametrize("path", ["/contract", "/contracts/x", "/keep/", "/keep/a/b", "/keep", "/"])
+def test_unknown_paths_are_404(path):
+    with pytest.raises(NoRoute) as missing:
+        ROUTER.resolve("GET" if path.startswith("/keep") else "POST", path)
+    assert missing.value.status == 404
+
+
+def test_a_known_path_with_another_method_is_405_naming_the_allowed_ones():
+    with pytest.raises(NoRoute) as refused:
+        ROUTER.resolve("PUT", "/keep/abc-1")
+    assert refused.value.status == 405 and set(refused.value.allowed) == {"GET", "HEAD", "DELETE"}
+    with pytest.raises(NoRoute) as refused:
+        ROUTER.resolve("GET", "/contracts")
+    assert refused.value.allowed == ("POST",)
+
+
+def test_template_names_are_literal_elsewhere():
+    router = Router([routes.get("/a.b/{x}", keep)])
+    assert router.resolve("GET", "/a.b/1") == (keep, {"x": "1"})
+    with pytest.raises(NoRoute):
+        router.resolve("GET", "/aXb/1")  # the dot is not a regex wildcard
