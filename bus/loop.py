@@ -9,10 +9,6 @@ T = TypeVar("T")
 
 
 def run(coro: Awaitable[T]) -> T:
-    import os, gc
-    if os.environ.get('XGC'):
-        a,b,c = map(int, os.environ['XGC'].split(','))
-        gc.set_threshold(a,b,c)
     try:
         import uvloop
     except ImportError:

@@ -131,7 +131,17 @@ async def test_other_auth_schemes_are_refused(kms):
 async def test_oversized_body_is_413(kms, connect_as):
     before = await stored_keys(connect_as)
     status, error = await kms.post(b'{"type": "Create", "pad": "' + b"x" * 70_000 + b'"}')
-    assert status == 413 and "exceeds the limit" in error["message"]
+    assert status == 413 and "of 70" in error["message"] and "exceeds the limit of 65536" in error["message"]
+
+    async def chunks():  # no Content-Length: the limit holds while reading
+        yield b'{"type": "Create", "pad": "'
+        for _ in range(20):
+            yield b"x" * 8192
+        yield b'"}'
+
+    async with kms.session.post(kms.url + "/", data=chunks(),
+                                headers={"Authorization": f"Bearer {kms.token}"}) as resp:
+        assert resp.status == 413 and "exceeds the limit of 65536" in (await resp.json())["message"]
     assert await stored_keys(connect_as) == before
 
 

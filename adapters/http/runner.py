@@ -17,7 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from aiohttp import web
+from aiohttp import StreamReader, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.web_protocol import RequestHandler
 
 from adapters.http.routes import PATH_PARAMS, Handler, NoRoute, Route, Router
 from bus import log
@@ -124,7 +127,8 @@ def build_server(site: Site, requester: Requester, data_dir: Path) -> web.Server
     context = SiteContext(requester, site, internal_token_digest(data_dir) if site.internal else None)
     loop = asyncio.get_running_loop()
 
-    def make_request(message, payload, protocol, writer, task) -> web.BaseRequest:  # noqa: ANN001
+    def make_request(message: RawRequestMessage, payload: StreamReader, protocol: RequestHandler,
+                     writer: AbstractStreamWriter, task: asyncio.Task[None]) -> web.BaseRequest:
         return web.BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=site.body_limit)
 
     return web.Server(site_handler(site, context), request_factory=make_request, access_log=None)
