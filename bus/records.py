@@ -63,10 +63,13 @@ class Records:
             raise NotFound(f"{key} not found") from None
         return Record(key, orjson.loads(entry.value), entry.revision)
 
+    def mirrored_record(self, key: str) -> Record | None:
+        """The mirror's copy of a record, without waiting (None when absent or not mirrored)."""
+        return self._mirror.get(key) if self._mirror is not None else None
+
     async def lookup(self, key: str) -> Record:
         """Like `get`, from the mirror when there is one (falls back to the bucket on a miss)."""
-        record = self._mirror.get(key) if self._mirror is not None else None
-        return record or await self.get(key)
+        return self.mirrored_record(key) or await self.get(key)
 
     async def find(self, key: str) -> Record | None:
         try:

@@ -17,9 +17,10 @@ from bus.requester import Requester
 from bus.server import EmbeddedServer, free_port
 from components.mesatee import subjects
 from components.mesatee.kms import BUCKET, KmsComponent
+from components.mesatee.kms_cache import OpenedConfigs
 from teebus.launcher import System
 from teebus.settings import REPO_ROOT, Settings
-from tests.conftest import free_site_ports, internal_token
+from tests.conftest import eventually, free_site_ports, internal_token
 
 # The seed's own request examples, byte for byte (tabs and all).
 SEED_CREATE = b'{\n\t"type": "Create"\n}'
@@ -235,6 +236,34 @@ async def test_two_replicas_share_requests_and_lose_no_key(start_component, conn
     assert [g.payload["config"] for g in got] == [by_id[key_id] for key_id in ids]
 
 
+async def test_a_key_deleted_through_one_replica_is_gone_from_every_replica(start_component, connect_as):
+    """Both replicas have served (and opened) the key; after a Delete neither answers it again."""
+    replicas = [await start_component(KmsComponent), await start_component(KmsComponent)]
+    bus = Requester(await connect_as("component"), timeout=10)
+    key_id = (await bus.request(subjects.kms("Create"), {"type": "Create"})).payload["key_id"]
+    get = {"type": "Get", "key_id": key_id}
+    await eventually(lambda: all(r.keys.mirrored_record(key_id) for r in replicas))
+    for _ in range(100):
+        await asyncio.gather(*(bus.request(subjects.kms("Get"), get) for _ in range(10)))
+        if all(len(r.opened) for r in replicas):
+            break
+    assert all(len(r.opened) == 1 for r in replicas)   # each opened it once, then served from memory
+    deleted = await bus.request(subjects.kms("Delete"), {"type": "Delete", "key_id": key_id})
+    assert deleted.payload["type"] == "Delete"
+
+    async def every_get_is_404() -> bool:
+        for _ in range(20):
+            try:
+                await bus.request(subjects.kms("Get"), get)
+                return False
+            except NotFound:
+                pass
+        return True
+
+    await eventually(every_get_is_404)
+    assert all(len(r.opened) == 0 for r in replicas)
+
+
 async def test_adapter_role_cannot_reach_internal_subjects(start_component, connect_as):
     kms = await start_component(KmsComponent)
     violations: list[str] = []
@@ -294,3 +323,19 @@ async def test_master_key_readable_by_others_is_refused(tmp_path, start_componen
 
 def test_embedded_server_config_is_the_repo_one():
     assert EmbeddedServer(REPO_ROOT / "nats.conf", Path("/tmp")).config.is_file()
+
+
+def test_opened_configs_answer_only_for_their_revision_and_stay_bounded():
+    opened = OpenedConfigs(max_entries=2)
+    opened.put("k1", 1, {"key": "a"})
+    assert opened.get("k1", 1) == {"key": "a"}
+    assert opened.get("k1", 2) is None          # the record changed: open it again
+    opened.put("k2", 5, {"key": "b"})
+    opened.put("k3", 7, {"key": "c"})           # full: the oldest (k1) goes
+    assert (opened.get("k1", 1), len(opened)) == (None, 2)
+    opened.put("k2", 6, {"key": "b2"})          # a newer revision replaces, not adds
+    assert opened.get("k2", 6) == {"key": "b2"} and opened.get("k2", 5) is None and len(opened) == 2
+    opened.forget("k3")
+    assert opened.get("k3", 7) is None and len(opened) == 1
+    with pytest.raises(ValueError):
+        OpenedConfigs(max_entries=0)

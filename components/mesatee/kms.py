@@ -1,7 +1,9 @@
 """The MesaTEE key management service: AEAD keys created, fetched and deleted by id.
 
 Key material never rests in plaintext: each record holds the key, nonce and ad sealed (AES-GCM)
-under the master key in `<data-dir>/mesatee/kms.master.key`, bound to its key id.
+under the master key in `<data-dir>/mesatee/kms.master.key`, bound to its key id. `Get` reads the
+record from an in-memory mirror of the bucket and, for a key it opened before, the opened config
+from memory (kms_cache.py says why that is safe).
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from datetime import datetime, timezone
 
 from bus.component import Component, Endpoint, Incoming
 from bus.errors import Conflict, Internal, NotFound
-from bus.records import Records
+from bus.records import Record, Records
 from bus.sealing import MasterKey, SealingError
 from components.mesatee import kms_messages as messages
 from components.mesatee import subjects
-from components.mesatee.kms_messages import KeyConfig
+from components.mesatee.kms_cache import OpenedConfigs
 
 BUCKET = "mesatee_kms_keys"
 MASTER_KEY_FILE = "mesatee/kms.master.key"
@@ -33,7 +35,8 @@ class KmsComponent(Component):
         self.master = MasterKey.load_or_create(self.context.data_dir / MASTER_KEY_FILE)
         self.keys = await Records.open(self.client, BUCKET, description="MesaTEE KMS keys (sealed)",
                                        max_value_size=4096)
-        await self.keys.mirror()  # Get is the hot path: served from memory, still sealed
+        await self.keys.mirror()  # Get is the hot path: served from memory
+        self.opened = OpenedConfigs()
 
     async def teardown(self) -> None:
         await self.keys.close()
@@ -46,9 +49,8 @@ class KmsComponent(Component):
     async def create(self, incoming: Incoming) -> dict:
         messages.parse_request(incoming.payload, expected="Create")
         key_id = str(uuid.uuid4())
-        config = KeyConfig(os.urandom(messages.KEY_BYTES), os.urandom(messages.NONCE_BYTES),
-                           os.urandom(messages.AD_BYTES))
-        sealed = self.master.seal(config.to_bytes(), key_id.encode())
+        material = os.urandom(messages.MATERIAL_BYTES)  # key || nonce || ad
+        sealed = self.master.seal(material, key_id.encode())
         try:
             await self.keys.create(key_id, {"sealed": base64.b64encode(sealed).decode(),
                                             "created": datetime.now(timezone.utc).isoformat()})
@@ -56,34 +58,47 @@ class KmsComponent(Component):
             raise Internal("key id collision; retry the request") from None
         await self.events.publish("key", "created", {"key_id": key_id})
         self.log.info("key created", key_id=key_id)
-        return messages.create_response(key_id, config)
+        return messages.create_response(key_id, messages.config_json(material))
 
     async def get(self, incoming: Incoming) -> dict:
         request = messages.parse_request(incoming.payload, expected="Get")
-        record = await self._find(request.key_id, mirrored=True)
-        return messages.config_response("Get", self._unseal(record.key, record.value))
+        record = self.keys.mirrored_record(request.key_id) or await self._find(request.key_id)
+        config = self.opened.get(record.key, record.revision)
+        if config is None:
+            config = messages.config_json(self._unseal(record.key, record.value))
+            self.opened.put(record.key, record.revision, config)
+        return messages.config_response("Get", config)
 
     async def delete(self, incoming: Incoming) -> dict:
         request = messages.parse_request(incoming.payload, expected="Delete")
         record = await self._find(request.key_id)
-        config = self._unseal(record.key, record.value)
+        material = self._unseal(record.key, record.value)
         try:
             await self.keys.delete(record.key, record.revision)
         except Conflict:
             raise NotFound(f"key {request.key_id} was deleted concurrently") from None
+        self.opened.forget(request.key_id)
         await self.events.publish("key", "deleted", {"key_id": request.key_id})
         self.log.info("key deleted", key_id=request.key_id)
-        return messages.config_response("Delete", config)
+        return messages.config_response("Delete", messages.config_json(material))
 
-    async def _find(self, key_id: str, mirrored: bool = False):
+    async def _find(self, key_id: str) -> Record:
+        """The record as the bucket holds it now: Delete needs its revision; a Get comes here when
+        its mirror does not hold the key yet (made by another replica a moment ago) or at all."""
         try:
-            return await (self.keys.lookup(key_id) if mirrored else self.keys.get(key_id))
+            return await self.keys.get(key_id)
         except NotFound:
+            self.opened.forget(key_id)  # deleted through another replica
             raise NotFound(f"no key with key_id {key_id}") from None
 
-    def _unseal(self, key_id: str, value: dict) -> KeyConfig:
+    def _unseal(self, key_id: str, value: dict) -> bytes:
+        """The key material of a record (MATERIAL_BYTES), opened with the master key."""
         try:
-            return KeyConfig.from_bytes(self.master.unseal(binascii.a2b_base64(value["sealed"]), key_id.encode()))
+            material = self.master.unseal(binascii.a2b_base64(value["sealed"]), key_id.encode())
         except (SealingError, KeyError, ValueError):
             self.log.error("sealed key does not open: is this the data directory's master key?", key_id=key_id)
             raise Internal(f"key {key_id} cannot be unsealed with this host's master key") from None
+        if len(material) != messages.MATERIAL_BYTES:
+            raise Internal(f"key {key_id} holds {len(material)} bytes of key material, not "
+                           f"{messages.MATERIAL_BYTES}: the record is damaged")
+        return material

@@ -17,6 +17,8 @@ from components.mesatee.subjects import KMS_OPERATIONS
 KEY_BYTES = 32
 NONCE_BYTES = 12
 AD_BYTES = 5
+AD_OFFSET = KEY_BYTES + NONCE_BYTES
+MATERIAL_BYTES = KEY_BYTES + NONCE_BYTES + AD_BYTES   # one AEADKeyConfig, as sealed at rest
 MAX_KEY_ID_CHARS = 64
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 
@@ -26,25 +28,12 @@ def _base64(data: bytes) -> str:
     return binascii.b2a_base64(data, newline=False).decode()
 
 
-@dataclass(frozen=True)
-class KeyConfig:
-    """AEADKeyConfig: AES-256-GCM key, nonce and associated data."""
-
-    key: bytes
-    nonce: bytes
-    ad: bytes
-
-    def to_json(self) -> dict[str, str]:
-        return {"key": _base64(self.key), "nonce": _base64(self.nonce), "ad": _base64(self.ad)}
-
-    def to_bytes(self) -> bytes:
-        return self.key + self.nonce + self.ad
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "KeyConfig":
-        if len(data) != KEY_BYTES + NONCE_BYTES + AD_BYTES:
-            raise ValueError("key material has the wrong length")
-        return cls(data[:KEY_BYTES], data[KEY_BYTES:KEY_BYTES + NONCE_BYTES], data[KEY_BYTES + NONCE_BYTES:])
+def config_json(material: bytes) -> dict[str, str]:
+    """AEADKeyConfig as the seed shows it, from the 49 bytes of key material (key || nonce || ad)."""
+    if len(material) != MATERIAL_BYTES:
+        raise ValueError("key material has the wrong length")
+    return {"key": _base64(material[:KEY_BYTES]), "nonce": _base64(material[KEY_BYTES:AD_OFFSET]),
+            "ad": _base64(material[AD_OFFSET:])}
 
 
 @dataclass(frozen=True)
@@ -82,9 +71,10 @@ def parse_request(body: Any, expected: str | None = None) -> KmsRequest:
     return KmsRequest(operation, parse_key_id(body["key_id"]))
 
 
-def create_response(key_id: str, config: KeyConfig) -> dict[str, Any]:
-    return {"type": "Create", "key_id": key_id, "config": config.to_json()}
+def create_response(key_id: str, config: dict[str, str]) -> dict[str, Any]:
+    return {"type": "Create", "key_id": key_id, "config": config}
 
 
-def config_response(operation: str, config: KeyConfig) -> dict[str, Any]:
-    return {"type": operation, "config": config.to_json()}
+def config_response(operation: str, config: dict[str, str]) -> dict[str, Any]:
+    """A Get or Delete response around a config from `config_json`."""
+    return {"type": operation, "config": config}
