@@ -153,6 +153,17 @@ async def test_wrong_method_and_path_use_the_error_shape(kms):
         assert resp.status == 404 and (await resp.json())["status"] == 404
 
 
+async def test_a_client_that_asks_to_continue_is_invited_to_send_its_body(kms):
+    """`Expect: 100-continue` (curl with large bodies): the body waits for our interim answer."""
+    async with kms.session.post(kms.url + "/", data=SEED_CREATE, expect100=True,
+                                timeout=aiohttp.ClientTimeout(total=5),
+                                headers={"Authorization": f"Bearer {kms.token}"}) as resp:
+        assert resp.status == 200 and (await resp.json())["type"] == "Create"
+    async with kms.session.post(kms.url + "/", data=SEED_CREATE, headers={
+            "Authorization": f"Bearer {kms.token}", "Expect": "something-else"}) as resp:
+        assert resp.status == 417 and (await resp.json())["type"] == "Error"
+
+
 async def test_request_id_is_echoed(kms):
     async with kms.session.post(kms.url + "/", data=SEED_CREATE, headers={
             "Authorization": f"Bearer {kms.token}", "X-Request-Id": "trace-me-123"}) as resp:

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from aiohttp import StreamReader, web
+from aiohttp import HttpVersion11, StreamReader, web
+from aiohttp.hdrs import EXPECT
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
@@ -95,6 +96,8 @@ def site_handler(site: Site, context: SiteContext) -> Handler:
             handler, params = router.resolve(request.method, request.path)
             if params:
                 request[PATH_PARAMS] = params
+            if EXPECT in request.headers:
+                await _answer_expect(request)
             response = await handler(request)
         except NoRoute as exc:
             response = _no_route(site, request, exc)
@@ -111,6 +114,16 @@ def site_handler(site: Site, context: SiteContext) -> Handler:
         return response
 
     return handle
+
+
+async def _answer_expect(request: web.BaseRequest) -> None:
+    """`Expect: 100-continue` (curl sends it with bodies over 1 MB): invite the body at once, or the
+    client waits a second before sending it anyway."""
+    if request.version == HttpVersion11 and request.headers[EXPECT].lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim response is not part of the reply's size
+        return
+    raise web.HTTPExpectationFailed(text=f"unsupported Expect: {request.headers[EXPECT]}")
 
 
 def _no_route(site: Site, request: web.BaseRequest, exc: NoRoute) -> web.StreamResponse:
