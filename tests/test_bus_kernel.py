@@ -266,5 +266,6 @@ async def test_replies_find_their_own_request_and_a_late_one_is_dropped(connect_
     assert [r.payload["echo"] for r in replies] == list(range(200))
     with pytest.raises(Timeout):
         await requester.request("conclave.testreplies.echo", {"hold": True}, timeout=0.1)
+    await eventually(lambda: bool(held))
     await held[0].respond(b'{"echo": "late"}')  # to a request nobody waits for any more
     assert (await requester.request("conclave.testreplies.echo", {"n": 7})).payload == {"echo": 7}
