@@ -119,11 +119,11 @@ def site_handler(site: Site, context: SiteContext) -> Handler:
 async def _answer_expect(request: web.BaseRequest) -> None:
     """`Expect: 100-continue` (curl sends it with bodies over 1 MB): invite the body at once, or the
     client waits a second before sending it anyway."""
-    if request.version == HttpVersion11 and request.headers[EXPECT].lower() == "100-continue":
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0  # the interim response is not part of the reply's size
-        return
-    raise web.HTTPExpectationFailed(text=f"unsupported Expect: {request.headers[EXPECT]}")
+    expect = request.headers[EXPECT]
+    if request.version != HttpVersion11 or expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"unsupported Expect: {expect}")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the interim response is not part of the reply's size
 
 
 def _no_route(site: Site, request: web.BaseRequest, exc: NoRoute) -> web.StreamResponse:
