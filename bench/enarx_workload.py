@@ -76,8 +76,9 @@ from bench.processes import (REPO_ROOT, BenchError, Children, cpu_seconds, machi
 from bus import events, log, payloads
 from bus.connection import connect
 from bus.server import EmbeddedServer, ServerError, free_port
+from components.enarx import keep_processes
 from components.enarx.wasm_runner import Limits, RunRequest, RunResult, WasmRunner
-from teebus.enarx_client import EnarxClient, EnarxError, kuuid_text, pinned_context
+from components.enarx.client import EnarxClient, EnarxError, kuuid_text, pinned_context
 from tests.wasm_modules import FD_WRITE, SOURCES, leb128
 
 HOST = "127.0.0.1"
@@ -464,7 +465,7 @@ async def ready_keep(enarx: EnarxClient, kuuids: list[str]) -> dict[str, Any]:
 
 
 def keep_pids(data_dir: Path) -> list[int]:
-    """Keep processes of this run: `teebus.keep` with our (unique, temporary) data directory."""
+    """Keep processes of this run: `components.enarx.keep_host` with our (unique, temporary) data directory."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -473,7 +474,7 @@ def keep_pids(data_dir: Path) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"teebus.keep" in argv and str(data_dir).encode() in argv:
+        if keep_processes.LOADER_MODULE.encode() in argv and str(data_dir).encode() in argv:
             found.append(int(entry.name))
     return found
 

@@ -3,7 +3,11 @@
 A component lists its endpoints; the base registers them in one queue group (so replicas share the
 load and `$SRV.PING|INFO|STATS` discovery works), decodes payloads by Content-Type, fetches large
 ones from the Object Store, runs handlers concurrently up to `max_in_flight`, and turns exceptions
-into `Nats-Service-Error-Code` / `Nats-Service-Error` replies.
+into `Nats-Service-Error-Code` / `Nats-Service-Error` replies (with the error's details as body).
+
+One lifecycle: `start()` (setup, then endpoints), `stop(grace)` (endpoints off, requests and
+`spawn`ed work get `grace` seconds, stragglers are cancelled, then teardown); `async with` does both.
+Background work belongs to the component: `spawn(coro)` and `every(seconds, fn)`.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Coroutine, Mapping
 
 from nats import micro
 from nats.aio.client import Client
@@ -22,6 +26,7 @@ from nats.micro.service import EndpointStats, Service
 from bus import codec, headers, log
 from bus.errors import BusError
 from bus.events import Events
+from bus.records import Records
 from bus.requester import Requester
 
 
@@ -66,11 +71,18 @@ class Context:
 
     client: Client
     data_dir: Path
-    options: dict[str, Any] = field(default_factory=dict)  # per-system settings, e.g. options["enarx"]
+    config: Any = None                  # the system's configuration object (its manifest's class)
+    nats_url: str = ""                  # the bus as a process this component starts should dial it
+    replicas: int = 1                   # JetStream copies of every bucket, stream and store
+    embedded: bool = False              # the bus is `teebus up`'s own server, ended with it
+    http_host: str = "127.0.0.1"        # where the deployment's sites listen
+    ports: Mapping[str, int] = field(default_factory=dict)   # every site's port, defaults applied
 
 
 @dataclass
-class _Counters:
+class EndpointCounters:
+    """One endpoint's figures (`Component.stats()`, and `$SRV.STATS` data)."""
+
     served: int = 0
     errors: int = 0
     in_flight: int = 0
@@ -101,13 +113,73 @@ class Component:
         self.log = log.get_logger(self.service_name)
         self._service: Service | None = None
         self._slots = asyncio.Semaphore(self.max_in_flight)
-        self._tasks: set[asyncio.Task] = set()
-        self._counters: dict[str, _Counters] = {}
+        self._tasks: set[asyncio.Task] = set()        # requests being served, and spawned work
+        self._daemons: set[asyncio.Task] = set()      # `every` loops, watchers: cancelled first at stop
+        self._counters: dict[str, EndpointCounters] = {}
+
+    @property
+    def config(self) -> Any:
+        """The system's configuration object (Context.config)."""
+        return self.context.config
 
     @property
     def service_name(self) -> str:
         """The micro service name, e.g. `mesatee-kms` (micro names allow no dots)."""
         return f"{self.system}-{self.name}"
+
+    @property
+    def service_id(self) -> str | None:
+        """This replica's micro service id (what `$SRV.INFO` reports), None when not started."""
+        return self._service.id if self._service is not None else None
+
+    def stats(self) -> dict[str, EndpointCounters]:
+        """Figures per endpoint name, as `$SRV.STATS` reports them."""
+        return dict(self._counters)
+
+    async def open_records(self, bucket: str, **options: Any) -> Records:
+        """A KV bucket of this component, with the deployment's replica count."""
+        return await Records.open(self.client, bucket, replicas=self.context.replicas, **options)
+
+    def spawn(self, work: Coroutine[Any, Any, Any], name: str = "", *, wait: bool = True) -> asyncio.Task:
+        """Run `work` in the background, owned by the component; a failure is logged, never lost.
+
+        `stop` waits for it up to the grace period, then cancels it; with `wait=False` (a watcher
+        that only ends when what it watches does) `stop` cancels it at once.
+        """
+        task = asyncio.create_task(work, name=name or None)
+        (self._tasks if wait else self._daemons).add(task)
+        task.add_done_callback(self._background_done)
+        return task
+
+    def every(self, seconds: float, work: Callable[[], Awaitable[Any]], name: str = "") -> asyncio.Task:
+        """Call `work` every `seconds` until `stop`; a failing pass is logged and the next one runs."""
+        if seconds <= 0:
+            raise ValueError(f"every() needs a positive interval, not {seconds!r}")
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(seconds)
+                try:
+                    await work()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    self.log.exception("periodic work failed", work=name or getattr(work, "__name__", "?"))
+
+        return self.spawn(loop(), name, wait=False)
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._daemons.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("background work failed", task=task.get_name(), exc_info=task.exception())
+
+    async def __aenter__(self) -> "Component":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
     def endpoints(self) -> list[Endpoint]:
         raise NotImplementedError
@@ -119,13 +191,14 @@ class Component:
         """Release what `setup` took (watchers, files) after the last request finished."""
 
     async def start(self) -> None:
+        """Set up state, then register the endpoints: the first request finds everything ready."""
         await self.setup()
         self._service = await micro.add_service(
             self.client, name=self.service_name, version=self.version,
             description=self.description or self.service_name, queue_group=self.queue_group,
             stats_handler=self._endpoint_stats)
         for endpoint in self.endpoints():
-            self._counters[endpoint.name] = _Counters()
+            self._counters[endpoint.name] = EndpointCounters()
             await self._service.add_endpoint(name=endpoint.name, subject=endpoint.subject,
                                              handler=self._dispatcher(endpoint))
         await self.client.flush()
@@ -133,12 +206,19 @@ class Component:
                       endpoints=[e.subject for e in self.endpoints()])
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop taking requests, then let the ones in flight finish (bounded by `grace`)."""
+        """Stop taking requests; requests in flight and spawned work get `grace` seconds, then
+        whatever still runs is cancelled; periodic work stops at once. Then `teardown`."""
         if self._service is not None:
             await self._service.stop()
             self._service = None
+        await _cancel(set(self._daemons))
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=grace)
+            await asyncio.wait(set(self._tasks), timeout=grace)
+        stragglers = set(self._tasks)
+        if stragglers:
+            self.log.warning("cancelling work still running after the grace period", tasks=len(stragglers),
+                             grace=grace)
+            await _cancel(stragglers)
         await self.teardown()
         self.log.info("component stopped", service=self.service_name)
 
@@ -166,7 +246,7 @@ class Component:
         self._tasks.discard(task)
         self._slots.release()
 
-    async def _serve(self, endpoint: Endpoint, request: Request, counters: _Counters) -> None:
+    async def _serve(self, endpoint: Endpoint, request: Request, counters: EndpointCounters) -> None:
         started = time.perf_counter_ns()
         hdrs = request.headers or {}  # this message's own dict (nats-py builds one per message)
         request_id = hdrs.get(headers.REQUEST_ID) or log.new_request_id()
@@ -176,7 +256,8 @@ class Component:
         except BusError as exc:
             counters.errors += 1
             self.log.info("request refused", status=exc.status, error=exc.message)
-            await self._respond_error(request, exc.status, exc.message, request_id)
+            await self._respond_error(request, exc.status, exc.message, request_id, exc.details,
+                                      codec.content_type_of(request.headers))
         except Exception:
             counters.errors += 1
             self.log.exception("handler failed")
@@ -209,10 +290,27 @@ class Component:
             reply_headers.update(outgoing.headers)
         await request.respond(await self.payloads.pack(data, reply_headers), headers=reply_headers)
 
-    @staticmethod
-    async def _respond_error(request: Request, status: int, message: str, request_id: str) -> None:
+    async def _respond_error(self, request: Request, status: int, message: str, request_id: str,
+                             details: Mapping[str, Any] | None = None, content_type: str = headers.JSON) -> None:
         one_line = " ".join(message.split())[:2048]  # header values cannot carry newlines
+        reply_headers = {headers.REQUEST_ID: request_id}
+        data = b""
         try:
-            await request.respond_error(str(status), one_line, headers={headers.REQUEST_ID: request_id})
+            if details:
+                content_type = headers.JSON if content_type == headers.OCTETS else content_type
+                encoded = codec.encode(dict(details), content_type)
+                reply_headers[headers.CONTENT_TYPE] = content_type
+                data = await self.payloads.pack(encoded, reply_headers)
+        except (TypeError, ValueError, BusError) as exc:
+            self.log.error("error details dropped: they do not encode", error=str(exc))
+        try:
+            await request.respond_error(str(status), one_line, data=data, headers=reply_headers)
         except Exception:  # the requester is gone; nothing left to tell
             pass
+
+
+async def _cancel(tasks: set[asyncio.Task]) -> None:
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,7 +1,7 @@
 """Per-role NATS secrets: generated once into the data directory, never committed or logged.
 
-`nats.conf` names one user per role and reads each password from `$TEEBUS_NATS_<ROLE>`; the server
-gets bcrypt hashes there, clients read the plaintext from `<data-dir>/nats.credentials` (0600).
+Clients read each role's plaintext password from `<data-dir>/nats.credentials` (0600); the server
+only ever sees bcrypt hashes (bus/users.py writes them into its rendered configuration).
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Iterable
 
 import bcrypt
 import orjson
 
-ROLES = ("component", "adapter", "gateway", "observer", "admin", "keepldr")
 FILE_NAME = "nats.credentials"
 BCRYPT_COST = 10
 
@@ -45,11 +45,11 @@ def ensure_secret_file(path: Path, nbytes: int = 32) -> str:
     return read_private(path).decode().strip()
 
 
-def ensure(data_dir: Path) -> dict[str, str]:
-    """Load the role passwords, generating any that are missing."""
+def ensure(data_dir: Path, roles: Iterable[str]) -> dict[str, str]:
+    """Load the role passwords, generating any of `roles` that are missing."""
     path = data_dir / FILE_NAME
     current: dict[str, str] = orjson.loads(read_private(path)) if path.exists() else {}
-    missing = [role for role in ROLES if role not in current]
+    missing = [role for role in roles if role not in current]
     if missing:
         for role in missing:
             current[role] = secrets.token_urlsafe(32)
@@ -66,10 +66,6 @@ def load(data_dir: Path) -> dict[str, str]:
     return orjson.loads(read_private(path))
 
 
-def server_environment(passwords: dict[str, str]) -> dict[str, str]:
-    """Environment for nats-server: bcrypt hashes, quoted so the config parser takes them literally."""
-    env = {}
-    for role, password in passwords.items():
-        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(BCRYPT_COST)).decode()
-        env[f"TEEBUS_NATS_{role.upper()}"] = f'"{hashed}"'
-    return env
+def password_hash(password: str) -> str:
+    """What the server stores for a password: a bcrypt hash (it never sees the plaintext)."""
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(BCRYPT_COST)).decode()

@@ -2,20 +2,26 @@
 
 A handler raises one of these; the component base turns it into `Nats-Service-Error-Code` /
 `Nats-Service-Error`; the request helper turns those headers back into the same class, so an adapter
-maps one exception type onto its API's error shape.
+maps one exception type onto its API's error shape. Structured `details` (say, what a stopped
+workload printed) travel as the error message's body (micro's error data), encoded like the
+request, and the adapter renders them inside its API's error shape.
 """
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 
 class BusError(Exception):
-    """An error with an HTTP-style status and a message a person can act on."""
+    """An error with an HTTP-style status, a message a person can act on, and optional details."""
 
     status: int = 500
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None,
+                 details: Mapping[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.details: Mapping[str, Any] = details or {}
         if status is not None:
             self.status = status
 
@@ -47,6 +53,12 @@ class TooLarge(BusError):
     status = 413
 
 
+class Unprocessable(BusError):
+    """Well-formed input that was refused on its merits (a workload stopped by a limit, say)."""
+
+    status = 422
+
+
 class Internal(BusError):
     status = 500
 
@@ -60,10 +72,10 @@ class Timeout(BusError):
 
 
 _BY_STATUS = {cls.status: cls for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict,
-                                           TooLarge, Internal, Unavailable, Timeout)}
+                                           TooLarge, Unprocessable, Internal, Unavailable, Timeout)}
 
 
-def from_status(status: int, message: str) -> BusError:
+def from_status(status: int, message: str, details: Mapping[str, Any] | None = None) -> BusError:
     """Rebuild the typed error a responder raised from its status code."""
     cls = _BY_STATUS.get(status, BusError)
-    return cls(message, status=status)
+    return cls(message, status=status, details=details)

@@ -19,11 +19,24 @@ MAX_BYTES = 1024 * 1024 * 1024
 MAX_EVENT_BYTES = 64 * 1024
 
 
+# What a read-only consumer of the stream (the observer role) may ask of JetStream.
+READ_PERMISSIONS = [
+    f"$JS.API.STREAM.INFO.{STREAM}", f"$JS.API.CONSUMER.CREATE.{STREAM}",
+    f"$JS.API.CONSUMER.CREATE.{STREAM}.>", f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.>",
+    f"$JS.API.CONSUMER.DELETE.{STREAM}.>", f"$JS.ACK.{STREAM}.>",
+]
+
+
 def subject(system: str, entity: str, what: str) -> str:
     return f"events.{system}.{entity}.{what}"
 
 
-async def ensure_stream(client: Client) -> None:
+def publish_permission(system: str) -> str:
+    """The subjects a system's components may publish events on (and no other system's)."""
+    return f"events.{system}.>"
+
+
+async def ensure_stream(client: Client, replicas: int = 1) -> None:
     """Create the EVENTS stream if missing (idempotent; replicas may race here safely)."""
     js = client.jetstream()
     try:
@@ -32,7 +45,7 @@ async def ensure_stream(client: Client) -> None:
         await js.add_stream(StreamConfig(
             name=STREAM, subjects=[SUBJECTS], storage=StorageType.FILE, max_age=MAX_AGE_SECONDS,
             max_bytes=MAX_BYTES, max_msg_size=MAX_EVENT_BYTES, discard=DiscardPolicy.OLD,
-            description="teebus state changes, replayable"))
+            num_replicas=replicas, description="teebus state changes, replayable"))
 
 
 class Events:

@@ -1,7 +1,8 @@
 """structlog setup: JSON lines in production, key=value on a terminal, request ids everywhere.
 
 The request id lives in a context variable (structlog.contextvars), so every log line a request
-causes carries it without being passed around; secrets are redacted by key name before rendering.
+causes carries it without being passed around; secrets are redacted by key name before rendering:
+the kernel's words below, plus the fields each system's manifest declares (`redact`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,21 @@ import structlog
 _request: ContextVar[dict[str, Any] | None] = ContextVar("teebus_request", default=None)
 
 REDACTED = "[redacted]"
-_SECRET_WORDS = ("key", "token", "password", "secret", "authorization", "config", "nonce", "ad")
+# Field names that are secrets wherever they appear, also as a prefix (`token_x`) or suffix (`user_token`).
+_SECRET_WORDS = ("key", "token", "password", "secret", "authorization")
+_secret_fields: set[str] = set(_SECRET_WORDS)   # exact names: the words plus what systems declare
 
 
-def _is_secret(name: str) -> bool:
+def redact(*names: str) -> None:
+    """Never render these field names in this process's logs (a manifest's `secret_fields`)."""
+    _secret_fields.update(name.lower() for name in names)
+
+
+def is_secret(name: str) -> bool:
+    """True for a field name whose value logs (and printed settings) never show."""
     lowered = name.lower()
-    return lowered in _SECRET_WORDS or any(
-        lowered.endswith(word) or lowered.startswith(word + "_") for word in _SECRET_WORDS[:5])
+    return lowered in _secret_fields or any(
+        lowered.endswith(word) or lowered.startswith(word + "_") for word in _SECRET_WORDS)
 
 
 def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -34,7 +43,7 @@ def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
     for name in list(event):
         if name.endswith("_id") or name in ("event", "level", "timestamp", "component"):
             continue
-        if _is_secret(name):
+        if is_secret(name):
             event[name] = REDACTED
     return event
 

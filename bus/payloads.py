@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from nats.aio.client import Client
+from nats.nuid import NUID
 from nats.js.api import ObjectStoreConfig, StorageType
 from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
@@ -24,8 +25,8 @@ MAX_BYTES = 256 * 1024 * 1024          # the largest single payload teebus carri
 STORE_BYTES = 4 * 1024 * 1024 * 1024   # the bucket's total bound
 HEADROOM = 16 * 1024                   # room kept for headers inside max_payload
 
-# What a NATS user needs to publish to put and get payloads here (nats.conf spells the same list
-# out for its static roles; bus/users.py users get it from here).
+# What a NATS user needs to publish to put and get payloads here: every role's permissions take
+# this one list (bus/roles.py, and the per-keep users of the Enarx system).
 PUBLISH_PERMISSIONS = [
     "$JS.API.INFO", "$JS.API.STREAM.NAMES",
     f"$JS.API.STREAM.INFO.OBJ_{BUCKET}", f"$JS.API.STREAM.MSG.GET.OBJ_{BUCKET}",
@@ -39,7 +40,7 @@ SUBSCRIBE_PERMISSIONS = [f"$O.{BUCKET}.>"]
 _log = log.get_logger("bus.payloads")
 
 
-async def ensure_store(client: Client) -> None:
+async def ensure_store(client: Client, replicas: int = 1) -> None:
     """Create the payload bucket if this deployment has none yet (idempotent)."""
     js = client.jetstream()
     try:
@@ -47,7 +48,7 @@ async def ensure_store(client: Client) -> None:
     except BucketNotFoundError:
         await js.create_object_store(BUCKET, config=ObjectStoreConfig(
             description="teebus payloads above max_payload", ttl=TTL_SECONDS,
-            max_bytes=STORE_BYTES, storage=StorageType.FILE))
+            max_bytes=STORE_BYTES, storage=StorageType.FILE, replicas=replicas))
 
 
 class Payloads:
@@ -57,6 +58,7 @@ class Payloads:
         self._client = client
         self._store: ObjectStore | None = None
         self._deletes: set[asyncio.Task] = set()
+        self._names = NUID()
 
     def fits(self, size: int) -> bool:
         return size + HEADROOM <= self._client.max_payload
@@ -76,7 +78,7 @@ class Payloads:
             return data
         if len(data) > MAX_BYTES:
             raise TooLarge(f"payload of {len(data)} bytes exceeds the bus limit of {MAX_BYTES} bytes")
-        name = self._client._nuid.next().decode()
+        name = self._names.next().decode()
         store = await self._bucket()
         await store.put(name, data)
         hdrs[headers.PAYLOAD_REF] = name

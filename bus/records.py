@@ -1,5 +1,9 @@
 """JetStream KV records with compare-and-set updates, so replicas never overwrite each other.
 
+A bucket holds JSON values: plain dicts, or a record dataclass of the component's own (`kind`: any
+class with `to_dict()` and a `from_dict()` classmethod), so a component works with typed values
+and the bucket stays readable with `nats kv get`.
+
 Reads that may be a few milliseconds behind another replica's write can use `lookup`, served from an
 in-memory mirror that a KV watch keeps current (see `mirror`); writes always go to the bucket with the
 revision they expect, so a stale mirror can never cause a lost update.
@@ -9,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Generic, Protocol, TypeVar
 
 import orjson
 from nats.aio.client import Client
@@ -24,19 +28,45 @@ _WRONG_LAST_SEQUENCE = (10071, 10164)
 MAX_CAS_ATTEMPTS = 16
 
 
+class Storable(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> "Storable": ...
+
+
+V = TypeVar("V")
+
+
 @dataclass(frozen=True)
-class Record:
+class Record(Generic[V]):
     key: str
-    value: dict[str, Any]
+    value: V
     revision: int
 
 
-class Records:
+@dataclass(frozen=True)
+class Change(Generic[V]):
+    """What `mutate` did: the record as it was read and as it was written."""
+
+    before: Record[V]
+    after: Record[V]
+
+
+def bucket_permissions(bucket: str) -> list[str]:
+    """What the owner of `bucket` may publish: its JetStream API calls and its keys, nothing else."""
+    stream = f"KV_{bucket}"
+    return [f"$JS.API.*.*.{stream}", f"$JS.API.*.*.{stream}.>", f"$KV.{bucket}.>",
+            f"$JS.ACK.{stream}.>", "$JS.FC.>", "$JS.API.INFO"]
+
+
+class Records(Generic[V]):
     """One bucket of JSON records; every write states the revision it expects."""
 
-    def __init__(self, kv: KeyValue, name: str) -> None:
+    def __init__(self, kv: KeyValue, name: str, kind: type | None = None) -> None:
         self._kv = kv
         self.name = name
+        self._kind = kind
         self._mirror: dict[str, Record] | None = None
         self._tombstones: set[str] = set()   # deleted here, delete not yet seen by the watch
         self._follower: asyncio.Task | None = None
@@ -44,24 +74,34 @@ class Records:
         self._loaded = asyncio.Event()         # the mirror holds every record that existed at start
 
     @classmethod
-    async def open(cls, client: Client, bucket: str, *, description: str = "", history: int = 1,
-                   max_value_size: int = 1024 * 1024, max_bytes: int = -1) -> "Records":
-        """Bind to `bucket`, creating it (file storage) when this is the first replica to start."""
+    async def open(cls, client: Client, bucket: str, *, kind: type | None = None, description: str = "",
+                   history: int = 1, max_value_size: int = 1024 * 1024, max_bytes: int = -1,
+                   replicas: int = 1) -> "Records":
+        """Bind to `bucket`, creating it (file storage, `replicas` copies) when this is the first
+        replica to start; values are `kind` instances when given, dicts otherwise."""
         js = client.jetstream()
         try:
             kv = await js.key_value(bucket)
         except BucketNotFoundError:
             kv = await js.create_key_value(KeyValueConfig(
                 bucket=bucket, description=description, history=history, storage=StorageType.FILE,
-                max_value_size=max_value_size, max_bytes=max_bytes, direct=True))
-        return cls(kv, bucket)
+                max_value_size=max_value_size, max_bytes=max_bytes, direct=True, replicas=replicas))
+        return cls(kv, bucket, kind)
 
-    async def get(self, key: str) -> Record:
+    def _load(self, data: bytes) -> V:
+        value = orjson.loads(data)
+        return self._kind.from_dict(value) if self._kind is not None else value
+
+    @staticmethod
+    def _dump(value: V) -> bytes:
+        return orjson.dumps(value.to_dict() if hasattr(value, "to_dict") else value)
+
+    async def get(self, key: str) -> Record[V]:
         try:
             entry = await self._kv.get(key)
         except KeyNotFoundError:
             raise NotFound(f"{key} not found") from None
-        return Record(key, orjson.loads(entry.value), entry.revision)
+        return Record(key, self._load(entry.value), entry.revision)
 
     def mirrored_record(self, key: str) -> Record | None:
         """The mirror's copy of a record, without waiting (None when absent or not mirrored)."""
@@ -77,18 +117,18 @@ class Records:
         except NotFound:
             return None
 
-    async def create(self, key: str, value: dict[str, Any]) -> Record:
+    async def create(self, key: str, value: V) -> Record[V]:
         """Store a new record; Conflict if the key already exists."""
         try:
-            revision = await self._kv.create(key, orjson.dumps(value))
+            revision = await self._kv.create(key, self._dump(value))
         except KeyWrongLastSequenceError:
             raise Conflict(f"{key} already exists") from None
         return self._remember(Record(key, value, revision))
 
-    async def update(self, key: str, value: dict[str, Any], revision: int) -> Record:
+    async def update(self, key: str, value: V, revision: int) -> Record[V]:
         """Replace a record only if it is still at `revision`; Conflict otherwise."""
         try:
-            new_revision = await self._kv.update(key, orjson.dumps(value), last=revision)
+            new_revision = await self._kv.update(key, self._dump(value), last=revision)
         except KeyWrongLastSequenceError:
             raise Conflict(f"{key} changed concurrently (expected revision {revision})") from None
         return self._remember(Record(key, value, new_revision))
@@ -105,16 +145,21 @@ class Records:
             self._mirror.pop(key, None)
             self._tombstones.add(key)
 
-    async def mutate(self, key: str, change: Callable[[dict[str, Any]], Awaitable[dict[str, Any]] | dict[str, Any]]
-                     ) -> Record:
-        """Read-modify-write with compare-and-set, retried when another writer got there first."""
+    async def mutate(self, key: str, change: Callable[[V], Awaitable[V] | V]) -> Change[V]:
+        """Read-modify-write with compare-and-set, retried when another writer got there first.
+
+        `change` gets the current value (a copy, for dicts) and returns the new one; returning the
+        value unchanged writes nothing. The result holds the record before and after.
+        """
         for _ in range(MAX_CAS_ATTEMPTS):
             current = await self.get(key)
-            new_value = change(dict(current.value))
+            new_value = change(dict(current.value) if isinstance(current.value, dict) else current.value)
             if isinstance(new_value, Awaitable):
                 new_value = await new_value
+            if new_value == current.value:
+                return Change(current, current)
             try:
-                return await self.update(key, new_value, current.revision)
+                return Change(current, await self.update(key, new_value, current.revision))
             except Conflict:
                 continue
         raise Conflict(f"{key} is changing too fast: gave up after {MAX_CAS_ATTEMPTS} attempts")
@@ -164,7 +209,7 @@ class Records:
                 self._mirror.pop(entry.key, None)
                 self._tombstones.discard(entry.key)
             elif entry.key not in self._tombstones and (entry.key in self._mirror or len(self._mirror) < limit):
-                self._remember(Record(entry.key, orjson.loads(entry.value), entry.revision))
+                self._remember(Record(entry.key, self._load(entry.value), entry.revision))
 
     def _remember(self, record: Record) -> Record:
         if self._mirror is not None:

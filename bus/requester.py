@@ -29,15 +29,22 @@ class Reply:
         return codec.decode(self.data, self.content_type)
 
 
-def raise_for_error(hdrs: dict[str, str] | None) -> None:
-    """Turn micro error headers back into the typed BusError the responder raised."""
+def raise_for_error(hdrs: dict[str, str] | None, body: bytes = b"") -> None:
+    """Turn micro error headers (and the details in `body`) back into the typed BusError raised."""
     if not hdrs or headers.ERROR_CODE not in hdrs:
         return
     try:
         status = int(hdrs[headers.ERROR_CODE])
     except ValueError:
         status = 500
-    raise errors.from_status(status, hdrs.get(headers.ERROR, "the component failed without a message"))
+    details = None
+    if body:
+        try:
+            decoded = codec.decode(body, codec.content_type_of(hdrs))
+            details = decoded if isinstance(decoded, dict) else None
+        except errors.BadRequest:
+            details = None  # details that do not decode are dropped; the message still says what happened
+    raise errors.from_status(status, hdrs.get(headers.ERROR, "the component failed without a message"), details)
 
 
 class Requester:
@@ -75,6 +82,6 @@ class Requester:
             raise errors.Timeout(f"{subject} did not answer within {timeout:g}s") from None
         if not msg.headers:  # the common reply: JSON, no error, small
             return Reply(msg.data, headers.JSON, {headers.REQUEST_ID: request_id})
-        raise_for_error(msg.headers)
         body = await self.payloads.unpack(msg.data, msg.headers)
+        raise_for_error(msg.headers, body)
         return Reply(body, codec.content_type_of(msg.headers), {headers.REQUEST_ID: request_id, **msg.headers})

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bus import credentials, log, users
+from bus.roles import Role, all_roles
 
 _log = log.get_logger("bus.server")
 READY_TIMEOUT = 15.0
+DEFAULT_CONF = Path(__file__).resolve().parent.parent / "nats.conf"   # server settings, beside bus/
 
 
 class ServerError(RuntimeError):
@@ -68,12 +70,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @dataclass
 class EmbeddedServer:
-    """One nats-server process with JetStream under `<data_dir>/jetstream`."""
+    """One nats-server process with JetStream under `<data_dir>/jetstream`, whose users are `roles`
+    (bus/roles.py; the kernel's alone unless the systems' roles are given)."""
 
     config: Path
     data_dir: Path
     host: str = "127.0.0.1"
     port: int = 4222
+    roles: list[Role] = field(default_factory=lambda: all_roles([]))
     passwords: dict[str, str] = field(default_factory=dict)
     _process: asyncio.subprocess.Process | None = None
 
@@ -93,8 +97,8 @@ class EmbeddedServer:
             raise ServerError(f"port {self.host}:{self.port} is already in use: stop whatever listens "
                               "there or choose another with --nats-port")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.passwords = credentials.ensure(self.data_dir)
-        env = {**os.environ, **credentials.server_environment(self.passwords)}
+        self.passwords = credentials.ensure(self.data_dir, [role.name for role in self.roles])
+        await asyncio.to_thread(users.install_roles, self.data_dir, self.roles, self.passwords)
         config = users.render(self.config, self.data_dir)
         args = [str(find_binary()), "-c", str(config), "--addr", self.host, "--port", str(self.port),
                 "--store_dir", str(self.data_dir / "jetstream"), "--log", str(self.log_path),
@@ -103,7 +107,7 @@ class EmbeddedServer:
             self.log_path.replace(self.log_path.with_suffix(".log.1"))
         with open(self.log_path, "ab") as early_output:  # config errors come before --log applies
             self._process = await asyncio.create_subprocess_exec(
-                *args, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=early_output,
+                *args, stdin=asyncio.subprocess.DEVNULL, stdout=early_output,
                 stderr=early_output, start_new_session=True, preexec_fn=_die_with_parent)
         await self._wait_ready()
         _log.info("nats-server ready", url=self.url, pid=self._process.pid)

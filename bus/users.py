@@ -1,10 +1,12 @@
-"""Dynamic NATS users: accounts that exist only while the thing they serve does (a keep, say).
+"""The embedded server's users: the static roles (bus/roles.py) and dynamic users that exist only
+while the thing they serve does (a keep, say).
 
-The embedded server does not run `nats.conf` directly. On every start, and whenever a dynamic user is
-added or removed, `render` writes `<data-dir>/nats/server.conf`, which includes a copy of `nats.conf`
-and then restates its `authorization` block with the static role users plus one user per file in
-`<data-dir>/nats/users/` (bcrypt hash and permissions, mode 0600). `apply` re-renders and sends the
-running server SIGHUP; the server reloads users without dropping anyone else's connection.
+The embedded server does not run `nats.conf` directly. `install_roles` stores the deployment's
+roles (bcrypt hash and permissions) in `<data-dir>/nats/roles.json` on every start; `render` writes
+`<data-dir>/nats/server.conf`, which includes a copy of `nats.conf` (server settings only) and adds
+the `authorization` block: every role, plus one user per file in `<data-dir>/nats/users/` (all mode
+0600). Adding or removing a dynamic user re-renders and sends the running server SIGHUP; the server
+reloads users without dropping anyone else's connection.
 
 Only a server started from this data directory can be reconfigured; joined to a NATS deployment
 with `--nats URL`, `available` is false and callers fall back to a static role.
@@ -20,16 +22,17 @@ import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
-import bcrypt
 import orjson
 
 from bus import credentials, log, procfs
+from bus.roles import Role
 
 DIRECTORY = "nats"
 SERVER_CONF = "server.conf"
 BASE_CONF = "base.conf"
+ROLES_FILE = "roles.json"
 PID_FILE = "nats-server.pid"
 USERS_DIR = "users"
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -52,8 +55,7 @@ class User:
     def with_password(cls, name: str, password: str, permissions: dict[str, Any]) -> "User":
         if not _NAME.match(name):
             raise ValueError(f"user name {name!r} must be 1-64 letters, digits, '-' or '_'")
-        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(credentials.BCRYPT_COST)).decode()
-        return cls(name, hashed, permissions)
+        return cls(name, credentials.password_hash(password), permissions)
 
 
 def directory(data_dir: Path) -> Path:
@@ -64,17 +66,31 @@ def pid_file(data_dir: Path) -> Path:
     return directory(data_dir) / PID_FILE
 
 
+def install_roles(data_dir: Path, roles: Iterable[Role], passwords: Mapping[str, str]) -> None:
+    """Store the static roles with the hashes of their passwords (hashed once per server start)."""
+    folder = directory(data_dir)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stored = [{"name": role.name, "password_hash": credentials.password_hash(passwords[role.name]),
+               "permissions": role.permissions, "description": role.description} for role in roles]
+    credentials.write_private(folder / ROLES_FILE, orjson.dumps(stored, option=orjson.OPT_INDENT_2))
+
+
+def role_permissions(data_dir: Path) -> dict[str, Any]:
+    """The permissions of every static role, as the running server has them (role -> block)."""
+    return {user.name: user.permissions for user in _static(data_dir)}
+
+
 def render(base: Path, data_dir: Path) -> Path:
     """Write server.conf (base config + static roles + dynamic users) and return its path."""
     folder = directory(data_dir)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     if base.resolve() != (folder / BASE_CONF).resolve():
         shutil.copyfile(base, folder / BASE_CONF)  # includes resolve beside the including file
-    entries = [f"    {{ user: {role}, password: $TEEBUS_NATS_{role.upper()}, "
-               f"permissions: $PERMS_{role.upper()} }}" for role in credentials.ROLES]
-    entries += [f"    {{ user: {_quote(user.name)}, password: {_quote(user.password_hash)}, "
-                f"permissions: {orjson.dumps(user.permissions).decode()} }}" for user in _stored(data_dir)]
-    text = (f"# Written by teebus from {base} and {folder / USERS_DIR}; edits here are overwritten.\n"
+    entries = [f"    {{ user: {_quote(user.name)}, password: {_quote(user.password_hash)}, "
+               f"permissions: {orjson.dumps(user.permissions).decode()} }}"
+               for user in [*_static(data_dir), *_stored(data_dir)]]
+    text = (f"# Written by teebus from {base}, {folder / ROLES_FILE} and {folder / USERS_DIR}; "
+            "edits here are overwritten.\n"
             f'include "{BASE_CONF}"\n\nauthorization {{\n  timeout: 5\n  users = [\n'
             + "\n".join(entries) + "\n  ]\n}\n")
     credentials.write_private(folder / SERVER_CONF, text.encode())
@@ -127,6 +143,14 @@ def _server_pid(data_dir: Path) -> int | None:
         return None
     command = procfs.argv(pid)
     return pid if command and b"nats-server" in command[0] else None
+
+
+def _static(data_dir: Path) -> list[User]:
+    path = directory(data_dir) / ROLES_FILE
+    if not path.exists():
+        return []
+    return [User(entry["name"], entry["password_hash"], entry["permissions"])
+            for entry in orjson.loads(credentials.read_private(path))]
 
 
 def _stored(data_dir: Path) -> list[User]:

@@ -1,4 +1,4 @@
-"""`teebus`: start the system, run chosen components, and look at the bus."""
+"""`teebus`: start the system, run chosen components, look at the bus, and each system's own verbs."""
 
 from __future__ import annotations
 
@@ -8,57 +8,62 @@ import sys
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from bus import headers, log
+from bus import config, headers, log
 from bus import loop as bus_loop
 from bus.connection import BusConnectError, connect
 from bus.errors import BusError
+from bus.manifest import load
 from bus.server import ServerError
-from teebus import catalog, tools
-from teebus.launcher import Node, System, serve_until_signalled
-from teebus.settings import (DEFAULT_DATA_DIR, DEFAULT_NATS_PORT, Settings, parse_keep_loaders,
-                             parse_port_overrides)
+from teebus.catalog import Catalog
+from teebus.settings import DEFAULT_NATS_PORT, LOG_LEVELS, Settings, build, layered, parse_port_overrides, \
+    read_file
+
+SYSTEM_VERBS = "system_verbs"   # set by a system's `register`: async (args) -> exit status
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                        help="state, secrets and JetStream storage (default ./teebus-data)")
+    parser.add_argument("--data-dir", type=Path, help="state, secrets and JetStream storage (default ./teebus-data)")
     parser.add_argument("--nats", metavar="URL", help="join this NATS deployment instead of embedding one")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
     parser.add_argument("--log-json", action="store_true", help="JSON log lines even on a terminal")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="teebus.toml: a [teebus] section, [ports], "
+                        "and a section per system; command-line options override it")
 
 
-def _enarx(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("Enarx keeps")
-    group.add_argument("--keep-loader", action="append", default=[], metavar="BACKEND=PATH",
-                       help="platform keep loader for Kvm, Sev or Sgx (teebus ships only Nil's)")
-    group.add_argument("--max-keeps", type=int, help="live keeps on this host (default 64)")
-    group.add_argument("--wasm-deadline", type=float, metavar="SECONDS", help="per workload (default 10)")
-    group.add_argument("--wasm-fuel", type=int, metavar="UNITS", help="instruction budget per workload")
-    group.add_argument("--wasm-memory", type=int, metavar="BYTES", help="linear memory cap (default 256 MiB)")
-    group.add_argument("--wasm-output", type=int, metavar="BYTES", help="stdout and stderr cap (default 1 MiB)")
-    group.add_argument("--wasm-max-module", type=int, metavar="BYTES", help="largest module (default 64 MiB)")
+def _deployment(parser: argparse.ArgumentParser, catalog: Catalog) -> None:
+    """Options of `up`, `run` and `config`: where things listen, and every system's own group."""
+    parser.add_argument("--host", help="address the HTTP adapters listen on (default 127.0.0.1)")
+    parser.add_argument("--port", action="append", default=[], metavar="SITE=PORT",
+                        help=f"move one site, e.g. --port mesatee-kms=7016 (sites: {', '.join(catalog.ports())})")
+    parser.add_argument("--replicas", type=int, help="JetStream copies of each bucket and stream (default 1)")
+    for manifest in catalog.systems:
+        if manifest.config is not type(None):
+            config.add_arguments(parser.add_argument_group(manifest.summary), manifest.config, manifest.name)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(catalog: Catalog) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="teebus", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     up = commands.add_parser("up", help="start the embedded NATS server, every component and adapter")
     _common(up)
-    up.add_argument("--nats-port", type=int, default=DEFAULT_NATS_PORT, help="embedded server port")
-    up.add_argument("--nats-conf", type=Path, help="embedded server configuration (default: ./nats.conf "
+    up.add_argument("--nats-port", type=int, help=f"embedded server port (default {DEFAULT_NATS_PORT})")
+    up.add_argument("--nats-conf", type=Path, help="embedded server settings (default: ./nats.conf "
                     "of the teebus checkout)")
-    up.add_argument("--host", default="127.0.0.1", help="address the HTTP adapters listen on")
-    up.add_argument("--port", action="append", default=[], metavar="SITE=PORT",
-                    help="move one site, e.g. --port mesatee-kms=7016")
-    _enarx(up)
+    _deployment(up, catalog)
 
     run = commands.add_parser("run", help="run chosen components/adapters against --nats URL")
     _common(run)
     run.add_argument("names", nargs="+", metavar="NAME", help=f"any of: {', '.join(catalog.names())}")
-    run.add_argument("--host", default="127.0.0.1")
-    run.add_argument("--port", action="append", default=[], metavar="SITE=PORT")
-    _enarx(run)
+    _deployment(run, catalog)
+
+    shown = commands.add_parser("config", help="print the effective configuration as TOML (secrets hidden)")
+    _common(shown)
+    shown.add_argument("--nats-port", type=int)
+    _deployment(shown, catalog)
+
+    listed = commands.add_parser("roles", help="print every NATS role and its subject permissions")
+    _common(listed)
 
     status = commands.add_parser("status", help="live services, replicas and stats ($SRV.STATS)")
     _common(status)
@@ -82,85 +87,96 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--since", help="ISO time or duration back from now (30s, 15m, 2h, 7d)")
     ev.add_argument("--follow", action="store_true", help="keep printing new events")
     ev.add_argument("--subject", default="events.>", help="filter, e.g. events.mesatee.>")
+
+    for manifest in catalog.systems:
+        if manifest.verbs:
+            verbs = commands.add_parser(manifest.name, help=f"{manifest.summary}: client commands")
+            _common(verbs)
+            load(manifest.verbs)(verbs)
     return parser
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
-    settings = Settings(data_dir=args.data_dir, nats_url=args.nats, log_level=args.log_level)
-    if hasattr(args, "nats_port"):
-        settings.nats_port = args.nats_port
-    if getattr(args, "nats_conf", None):
-        settings.nats_conf = args.nats_conf.resolve()
-    if hasattr(args, "host"):
-        settings.http_host = args.host
-    if hasattr(args, "port"):
-        settings.ports = parse_port_overrides(args.port)
-    if hasattr(args, "keep_loader"):
-        settings.enarx = enarx_settings(args)
-    return settings.resolved()
+def command_line_document(args: argparse.Namespace, catalog: Catalog) -> dict[str, Any]:
+    """The options given on the command line, shaped like teebus.toml, to lay over the file."""
+    values = vars(args)
+    core = {name: values.get(option) for name, option in (
+        ("data_dir", "data_dir"), ("nats_url", "nats"), ("log_level", "log_level"), ("nats_port", "nats_port"),
+        ("http_host", "host"), ("replicas", "replicas"))}
+    if values.get("nats_conf"):
+        core["nats_conf"] = values["nats_conf"].resolve()
+    document: dict[str, Any] = {"teebus": {k: v for k, v in core.items() if v is not None}}
+    if values.get("port"):
+        document["ports"] = parse_port_overrides(values["port"])
+    for manifest in catalog.systems:
+        if manifest.config is not type(None):
+            given = config.from_arguments(manifest.config, manifest.name, args)
+            if given:
+                document[manifest.name] = given
+    return document
 
 
-def enarx_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The Enarx part of the options each component gets (components/enarx/config.py)."""
-    limits = {name: value for name, value in (
-        ("deadline_seconds", args.wasm_deadline), ("fuel", args.wasm_fuel),
-        ("max_memory_bytes", args.wasm_memory), ("max_output_bytes", args.wasm_output),
-        ("max_module_bytes", args.wasm_max_module)) if value is not None}
-    result: dict[str, Any] = {"workload_limits": limits} if limits else {}
-    if args.max_keeps is not None:
-        result["max_keeps"] = args.max_keeps
-    if args.keep_loader:
-        result["backends"] = {"loaders": parse_keep_loaders(args.keep_loader)}
-    return result
+def settings_from(args: argparse.Namespace, catalog: Catalog) -> Settings:
+    """Defaults, then the --config file, then the command line."""
+    document = read_file(args.config) if getattr(args, "config", None) else {}
+    return build(catalog, layered(document, command_line_document(args, catalog)))
 
 
-async def _with_client(settings: Settings, role: str, action: Callable[[Any], Awaitable[int | None]]) -> int:
+async def _with_client(settings: Settings, role: str, action: Callable[[Any], Awaitable[Any]]) -> int:
+    """Run `action` on a connection as `role`; its result is the exit status when it is one."""
     client = await connect(settings.url, role, data_dir=settings.data_dir, name=f"teebus-cli-{role}")
     try:
-        return await action(client) or 0
+        result = await action(client)
+        return result if isinstance(result, int) and not isinstance(result, bool) else 0
     finally:
         await client.close()
 
 
-async def dispatch(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
+async def dispatch(args: argparse.Namespace, catalog: Catalog, settings: Settings) -> int:
+    from teebus import launcher, tools  # the runtime: not needed to parse or print help
+
     if args.command == "up":
-        await serve_until_signalled(System(settings))
+        await launcher.serve_until_signalled(launcher.Deployment(settings, catalog))
         return 0
     if args.command == "run":
         if settings.embedded:
             raise SystemExit("teebus run joins an existing bus: pass --nats URL (teebus up prints it)")
         catalog.check(args.names)
-        await serve_until_signalled(Node(settings, args.names))
+        await launcher.serve_until_signalled(launcher.Node(settings, args.names, catalog))
         return 0
+    if args.command == "config":
+        return tools.print_settings(settings.describe())
+    if args.command == "roles":
+        return tools.print_roles(catalog.systems)
     if args.command == "status":
-        return await _with_client(settings, "observer", lambda c: _status(c))
+        return await _with_client(settings, "observer", tools.status)
     if args.command == "events":
         since = tools.parse_since(args.since) if args.since else None
-        return await _with_client(settings, "observer",
-                                  lambda c: _events(c, since, args.follow, args.subject))
-    if args.bus_command == "sub":
+        return await _with_client(settings, "observer", lambda c: _exported(c, since, args))
+    if args.command == "bus" and args.bus_command == "sub":
         return await _with_client(settings, "observer", lambda c: tools.subscribe(c, args.subject, args.count))
-    content_type = headers.CBOR if args.cbor else headers.OCTETS if args.raw else headers.JSON
-    return await _with_client(settings, "admin",
-                              lambda c: tools.request(c, args.subject, args.data, content_type, args.timeout))
+    if args.command == "bus":
+        content_type = headers.CBOR if args.cbor else headers.OCTETS if args.raw else headers.JSON
+        return await _with_client(settings, "admin",
+                                  lambda c: tools.request(c, args.subject, args.data, content_type, args.timeout))
+    return await getattr(args, SYSTEM_VERBS)(args, settings)
 
 
-async def _status(client: Any) -> int:
-    await tools.status(client)
-    return 0
+async def _exported(client: Any, since: Any, args: argparse.Namespace) -> None:
+    from teebus import tools
+
+    await tools.export_events(client, since, args.follow, args.subject)  # a count, not an exit status
 
 
-async def _events(client: Any, since: Any, follow: bool, subject: str) -> int:
-    await tools.export_events(client, since, follow, subject)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    log.configure(args.log_level, json=True if args.log_json else None)
+def main(argv: list[str] | None = None, catalog: Catalog | None = None) -> int:
+    if catalog is None:
+        from teebus import systems
+        catalog = Catalog(systems.installed())
+    args = build_parser(catalog).parse_args(argv)
+    log.configure(args.log_level or "info", json=True if args.log_json else None)
     try:
-        return bus_loop.run(dispatch(args))
+        settings = settings_from(args, catalog)
+        log.configure(settings.log_level, json=True if args.log_json else None)
+        return bus_loop.run(dispatch(args, catalog, settings))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `teebus status | head`: the reader left; that is not an error

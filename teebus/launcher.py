@@ -1,4 +1,8 @@
-"""Runs components and adapters in this process, and the whole system for `teebus up`."""
+"""Runs components and adapters in this process (`Node`, for `teebus run`), and a whole deployment
+on one machine (`Deployment`, for `teebus up`: the embedded server plus a node of everything).
+
+Both read the systems' manifests through a `Catalog` and name no system. Both work as `async with`.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +12,31 @@ from dataclasses import dataclass, field
 
 from nats.aio.client import Client
 
-from adapters.http.runner import HttpServer, INTERNAL_TOKEN_FILE
-from bus import log, payloads
-from bus import events as bus_events
+from adapters.http.runner import INTERNAL_TOKEN_FILE, HttpServer
+from bus import log, roles
+from bus.bootstrap import prepare
 from bus.component import Component, Context
 from bus.connection import connect
 from bus.credentials import ensure_secret_file
+from bus.manifest import Manifest, load
 from bus.requester import Requester
 from bus.server import EmbeddedServer
-from teebus import catalog
+from teebus import systems
+from teebus.catalog import Catalog
 from teebus.settings import Settings
 
 _log = log.get_logger("teebus")
+
+
+def default_catalog() -> Catalog:
+    return Catalog(systems.installed())
+
+
+def context_for(settings: Settings, manifest: Manifest, client: Client) -> Context:
+    """What a component of `manifest` gets: its connection, its system's configuration, the deployment."""
+    return Context(client, settings.data_dir, settings.config_of(manifest.name), nats_url=settings.url,
+                   replicas=settings.replicas, embedded=settings.embedded, http_host=settings.http_host,
+                   ports=dict(settings.ports))
 
 
 @dataclass
@@ -28,6 +45,7 @@ class Node:
 
     settings: Settings
     names: list[str]
+    catalog: Catalog = field(default_factory=default_catalog)
     components: list[Component] = field(default_factory=list)
     http: HttpServer | None = None
     _clients: list[Client] = field(default_factory=list)
@@ -38,29 +56,35 @@ class Node:
         return client
 
     async def start(self) -> None:
-        catalog.check(self.names)
-        component_names = [n for n in self.names if n in catalog.COMPONENTS]
-        adapter_names = [n for n in self.names if n in catalog.HTTP_ADAPTERS]
+        self.catalog.check(self.names)
+        for manifest in self.catalog.systems:
+            log.redact(*manifest.secret_fields)
+        components = self.catalog.components(self.names)
         try:
-            for name in component_names:
-                client = await self._connect("component", name)
-                await payloads.ensure_store(client)
-                await bus_events.ensure_stream(client)
-                component = catalog.load(catalog.COMPONENTS[name])(
-                    Context(client, self.settings.data_dir, self.settings.component_options()))
+            if components:
+                await self._prepare_bus()
+            for manifest, spec in components:
+                client = await self._connect(manifest.role, f"{manifest.name}.{spec.name}")
+                component = load(spec.target)(context_for(self.settings, manifest, client))
                 await component.start()
                 self.components.append(component)
-            if adapter_names:
-                await self._start_http(adapter_names)
+            adapters = self.catalog.adapters(self.names)
+            if adapters:
+                await self._start_http([site for _, spec in adapters for site in load(spec.target)(self.settings.ports)])
         except BaseException:
             await self.stop()
             raise
 
-    async def _start_http(self, adapter_names: list[str]) -> None:
-        sites = [site for name in adapter_names
-                 for site in catalog.load(catalog.HTTP_ADAPTERS[name])(self.settings.ports)]
-        roles = sorted({site.role for site in sites})
-        requesters = {role: Requester(await self._connect(role, f"http-{role}")) for role in roles}
+    async def _prepare_bus(self) -> None:
+        admin = await connect(self.settings.url, roles.ADMIN, data_dir=self.settings.data_dir, name="teebus-setup")
+        try:
+            await prepare(admin, self.settings.replicas)
+        finally:
+            await admin.close()
+
+    async def _start_http(self, sites: list) -> None:
+        needed = sorted({site.role for site in sites})
+        requesters = {role: Requester(await self._connect(role, f"http-{role}")) for role in needed}
         self.http = HttpServer(self.settings.http_host, self.settings.data_dir)
         await self.http.start(sites, requesters)
 
@@ -77,6 +101,13 @@ class Node:
                 await client.drain()
         self._clients.clear()
 
+    async def __aenter__(self) -> "Node":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
     def listening(self) -> dict[str, str]:
         bound = {f"{name} (http)": url for name, url in (self.http.bound if self.http else {}).items()}
         for component in self.components:
@@ -85,10 +116,11 @@ class Node:
 
 
 @dataclass
-class System:
+class Deployment:
     """`teebus up`: the embedded server (unless joining one) and every component and adapter."""
 
     settings: Settings
+    catalog: Catalog = field(default_factory=default_catalog)
     server: EmbeddedServer | None = None
     node: Node | None = None
 
@@ -97,9 +129,10 @@ class System:
         ensure_secret_file(self.settings.data_dir / INTERNAL_TOKEN_FILE)
         if self.settings.embedded:
             self.server = EmbeddedServer(self.settings.nats_conf, self.settings.data_dir,
-                                         self.settings.nats_host, self.settings.nats_port)
+                                         self.settings.nats_host, self.settings.nats_port,
+                                         roles=roles.all_roles(self.catalog.systems))
             await self.server.start()
-        self.node = Node(self.settings, catalog.names())
+        self.node = Node(self.settings, self.catalog.names(), self.catalog)
         try:
             await self.node.start()
         except BaseException:
@@ -114,6 +147,13 @@ class System:
             await self.server.stop()
             self.server = None
 
+    async def __aenter__(self) -> "Deployment":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
     def listening(self) -> dict[str, str]:
         bound = {"nats": self.settings.url}
         if self.node:
@@ -121,7 +161,7 @@ class System:
         return bound
 
 
-async def serve_until_signalled(runnable: System | Node, banner: bool = True) -> None:
+async def serve_until_signalled(runnable: Deployment | Node, banner: bool = True) -> None:
     """Start, print what listens where, and stop cleanly on SIGINT/SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

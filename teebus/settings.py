@@ -1,16 +1,29 @@
-"""Where things live and listen; every default is the documented one and every value configurable."""
+"""Where things live and listen, and each system's configuration: defaults, then teebus.toml, then
+the command line. Every default is the documented one and every value configurable.
+
+The file has a `[teebus]` section (the fields of `Settings` below), a `[ports]` table (site name ->
+port) and one section per system, validated by that system's configuration class. An unknown
+section, key or site is an error that names it.
+"""
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from adapters.http.enarx import DEFAULT_PORTS as ENARX_PORTS
+from bus.config import ConfigError, from_mapping, merge, to_mapping
+from bus.log import is_secret
+from bus.server import DEFAULT_CONF
+from teebus.catalog import Catalog
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = Path("./teebus-data")
 DEFAULT_NATS_PORT = 4222
+LOG_LEVELS = ("debug", "info", "warning", "error")
+CORE_SECTION = "teebus"
+PORTS_SECTION = "ports"
 
 
 @dataclass
@@ -19,18 +32,21 @@ class Settings:
     nats_url: str | None = None           # join an existing deployment instead of embedding one
     nats_host: str = "127.0.0.1"
     nats_port: int = DEFAULT_NATS_PORT
-    nats_conf: Path = REPO_ROOT / "nats.conf"
+    nats_conf: Path = DEFAULT_CONF
     http_host: str = "127.0.0.1"
-    ports: dict[str, int] = field(default_factory=dict)  # site name -> port overrides
     log_level: str = "info"
-    enarx: dict[str, Any] = field(default_factory=dict)  # components/enarx/config.py fields
+    replicas: int = 1                     # JetStream copies of every bucket, stream and store
+    # filled by `build`: every site's port (defaults applied), and each system's configuration object
+    ports: dict[str, int] = field(default_factory=dict, init=False)
+    configs: dict[str, Any] = field(default_factory=dict, init=False)
 
-    def component_options(self) -> dict[str, Any]:
-        """What every component's Context carries: the bus URL and each system's settings."""
-        ports = {**ENARX_PORTS, **self.ports}
-        return {"nats_url": self.url, "enarx": {
-            "address": self.http_host, "port": ports["enarx-keepmgr"], "wasmldr_host": self.http_host,
-            "wasmldr_base_port": ports["enarx-wasmldr"], "stop_keeps_on_exit": self.embedded, **self.enarx}}
+    def __post_init__(self) -> None:
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
+        if not 1 <= self.replicas <= 5:
+            raise ValueError(f"replicas must be 1 to 5 (JetStream's limit), not {self.replicas}")
+        if not 0 < self.nats_port < 65536:
+            raise ValueError(f"nats_port must be 1-65535, not {self.nats_port}")
 
     @property
     def url(self) -> str:
@@ -45,6 +61,62 @@ class Settings:
         self.data_dir = self.data_dir.expanduser().resolve()
         return self
 
+    def config_of(self, system: str) -> Any:
+        return self.configs[system]
+
+    def describe(self) -> dict[str, Any]:
+        """The effective configuration as TOML-like data (what `teebus config` prints); secrets hidden."""
+        core = to_mapping(self, is_secret)
+        core.pop(PORTS_SECTION, None)
+        core.pop("configs", None)
+        return {CORE_SECTION: core, PORTS_SECTION: dict(self.ports),
+                **{name: to_mapping(config, is_secret) for name, config in self.configs.items()
+                   if config is not None}}
+
+
+def build(catalog: Catalog, document: Mapping[str, Any] | None = None) -> Settings:
+    """Settings for `catalog`'s systems from a TOML-like document (file and command line merged)."""
+    document = dict(document or {})
+    sections = {CORE_SECTION, PORTS_SECTION, *(manifest.name for manifest in catalog.systems)}
+    unknown = [name for name in document if name not in sections]
+    if unknown:
+        raise ConfigError(f"unknown section [{unknown[0]}]; the sections are "
+                          f"{', '.join(f'[{name}]' for name in sorted(sections))}")
+    settings = from_mapping(Settings, document.get(CORE_SECTION) or {}, CORE_SECTION)
+    settings.ports = _ports(catalog, document.get(PORTS_SECTION) or {})
+    for manifest in catalog.systems:
+        values = document.get(manifest.name) or {}
+        if manifest.config is type(None):
+            if values:
+                raise ConfigError(f"[{manifest.name}] takes no options")
+            settings.configs[manifest.name] = None
+        else:
+            settings.configs[manifest.name] = from_mapping(manifest.config, values, manifest.name)
+    return settings.resolved()
+
+
+def _ports(catalog: Catalog, overrides: Mapping[str, Any]) -> dict[str, int]:
+    ports = catalog.ports()
+    for site, port in overrides.items():
+        if site not in ports:
+            raise ConfigError(f"[{PORTS_SECTION}] names no site {site!r}; the sites are "
+                              f"{', '.join(sorted(ports))}")
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise ConfigError(f"[{PORTS_SECTION}] {site} must be a port 1-65535, not {port!r}")
+        ports[site] = port
+    return ports
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """A teebus.toml; a clear error when it is missing or not TOML."""
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+
 
 def parse_port_overrides(values: list[str]) -> dict[str, int]:
     """`--port mesatee-kms=7016` style overrides; a clear error on anything else."""
@@ -52,17 +124,14 @@ def parse_port_overrides(values: list[str]) -> dict[str, int]:
     for value in values:
         name, sep, number = value.partition("=")
         if not sep or not number.isdigit() or not 0 < int(number) < 65536:
-            raise ValueError(f"--port takes SITE=PORT (e.g. mesatee-kms=7016), got {value!r}")
+            raise ConfigError(f"--port takes SITE=PORT (e.g. mesatee-kms=7016), got {value!r}")
         ports[name] = int(number)
     return ports
 
 
-def parse_keep_loaders(values: list[str]) -> dict[str, str]:
-    """`--keep-loader Kvm=/opt/enarx/kvm-loader` style settings; a clear error on anything else."""
-    loaders = {}
-    for value in values:
-        backend, sep, path = value.partition("=")
-        if not sep or backend not in ("Kvm", "Sev", "Sgx") or not path:
-            raise ValueError(f"--keep-loader takes BACKEND=PATH with BACKEND Kvm, Sev or Sgx, got {value!r}")
-        loaders[backend] = str(Path(path).expanduser().resolve())
-    return loaders
+def layered(*documents: Mapping[str, Any]) -> dict[str, Any]:
+    """Documents laid over each other in order (the file, then the command line)."""
+    result: dict[str, Any] = {}
+    for document in documents:
+        result = merge(result, document)
+    return result

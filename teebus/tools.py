@@ -1,4 +1,5 @@
-"""Operator tools: `teebus status`, `teebus bus sub|req`, `teebus events` (the nats CLI's jobs)."""
+"""Operator tools: `teebus status`, `teebus bus sub|req`, `teebus events` (the nats CLI's jobs),
+`teebus config` and `teebus roles`."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TextIO
 
 import orjson
+import tomli_w
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError as StreamNotFound
 
-from bus import codec, events, headers
+from bus import codec, events, headers, roles
 from bus.errors import BusError, NotFound
+from bus.manifest import Manifest
 from bus.requester import Requester
 from teebus.diagnostic import diagnostic
 
@@ -35,6 +38,34 @@ def render_payload(data: bytes, hdrs: dict[str, str] | None) -> str:
         pass
     preview = data[:64].hex()
     return f"<{len(data)} bytes{': ' + preview if data else ''}{'...' if len(data) > 64 else ''}>"
+
+
+def print_settings(document: dict[str, Any], out: TextIO = sys.stdout) -> int:
+    """The effective configuration as TOML; options with no value (None) are listed in a comment."""
+    unset: list[str] = []
+
+    def drop_none(table: dict[str, Any], where: str) -> dict[str, Any]:
+        kept = {}
+        for key, value in table.items():
+            if value is None:
+                unset.append(f"{where}.{key}")
+            else:
+                kept[key] = drop_none(value, f"{where}.{key}") if isinstance(value, dict) else value
+        return kept
+
+    cleaned = {name: drop_none(section, name) for name, section in document.items()}
+    if unset:
+        print(f"# not set (their default applies): {', '.join(unset)}", file=out)
+    print(tomli_w.dumps(cleaned), end="", file=out)
+    return 0
+
+
+def print_roles(systems: tuple[Manifest, ...], out: TextIO = sys.stdout) -> int:
+    """Every static NATS role of these systems with its permissions, as the server gets them."""
+    for role in roles.all_roles(systems):
+        print(f"{role.name}: {role.description}", file=out)
+        print(orjson.dumps(role.permissions, option=orjson.OPT_INDENT_2).decode(), file=out)
+    return 0
 
 
 def format_message(msg: Msg) -> str:

@@ -1,4 +1,5 @@
-"""Fixtures: a real nats-server per test session, connections per role, components and adapters."""
+"""Fixtures: one real nats-server for the session (bus/testing.py), with the roles of every system
+plus the kernel tests' own; connections, components and nodes per test, cleaned up after it."""
 
 from __future__ import annotations
 
@@ -9,30 +10,36 @@ from typing import AsyncIterator, Awaitable, Callable
 import pytest
 from nats.aio.client import Client
 
-from adapters.http import enarx as enarx_http
-from adapters.http import mesatee as mesatee_http
-from bus import events, log, payloads
-from bus.component import Component, Context
-from bus.connection import connect
-from bus.server import EmbeddedServer, free_port
-from teebus.launcher import Node
-from teebus.settings import REPO_ROOT, Settings
+from bus import log
+from bus.component import Component
+from bus.manifest import Manifest
+from bus.server import EmbeddedServer
+from bus.testing import TestBus, running_bus
+from teebus.catalog import Catalog
+from teebus.launcher import Node, default_catalog
+from teebus.testing import settings_for
 
 log.configure("warning", json=True)
 
+# The kernel tests' own system: test components under `kerneltest.*`, and the buckets they use.
+KERNEL_TEST = Manifest("kerneltest", "kernel tests", buckets=("test_records", "test_mirror"))
+
 
 @pytest.fixture(scope="session")
-async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedServer]:
+def catalog() -> Catalog:
+    return default_catalog()
+
+
+@pytest.fixture(scope="session")
+async def bus(tmp_path_factory: pytest.TempPathFactory, catalog: Catalog) -> AsyncIterator[TestBus]:
     """One real nats-server with JetStream for the whole session, on a free loopback port."""
-    server = EmbeddedServer(REPO_ROOT / "nats.conf", tmp_path_factory.mktemp("teebus-data"),
-                            port=free_port())
-    await server.start()
-    admin = await connect(server.url, "admin", passwords=server.passwords)
-    await payloads.ensure_store(admin)
-    await events.ensure_stream(admin)
-    await admin.close()
-    yield server
-    await server.stop()
+    async with running_bus(tmp_path_factory.mktemp("teebus-data"), (*catalog.systems, KERNEL_TEST)) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def nats_server(bus: TestBus) -> EmbeddedServer:
+    return bus.server
 
 
 @pytest.fixture
@@ -42,47 +49,38 @@ def data_dir(nats_server: EmbeddedServer) -> Path:
 
 
 @pytest.fixture
-async def connect_as(nats_server: EmbeddedServer) -> AsyncIterator[Callable[..., Awaitable[Client]]]:
+async def scope(bus: TestBus) -> AsyncIterator:
+    async with bus.scope() as test_scope:
+        yield test_scope
+
+
+@pytest.fixture
+def connect_as(scope) -> Callable[..., Awaitable[Client]]:
     """Factory: `await connect_as("adapter")` -> a client that is closed after the test."""
-    clients: list[Client] = []
-
-    async def factory(role: str, **options) -> Client:
-        client = await connect(nats_server.url, role, passwords=nats_server.passwords, **options)
-        clients.append(client)
-        return client
-
-    yield factory
-    for client in clients:
-        if not client.is_closed:
-            await client.close()
+    return scope.connect
 
 
 @pytest.fixture
-async def start_component(connect_as, data_dir: Path) -> AsyncIterator[Callable[..., Awaitable[Component]]]:
+def start_component(scope) -> Callable[..., Awaitable[Component]]:
     """Factory: `await start_component(KmsComponent)` -> a started component, stopped afterwards."""
-    started: list[Component] = []
 
-    async def factory(cls: type[Component], directory: Path | None = None) -> Component:
-        client = await connect_as("component")
-        component = cls(Context(client, directory or data_dir))
-        await component.start()
-        started.append(component)
-        return component
+    async def factory(cls: type[Component], directory: Path | None = None, **options) -> Component:
+        return await scope.component(cls, data_dir=directory, **options)
 
-    yield factory
-    for component in reversed(started):
-        await component.stop()
+    return factory
 
 
 @pytest.fixture
-async def start_node(nats_server: EmbeddedServer) -> AsyncIterator[Callable[..., Awaitable[Node]]]:
+async def start_node(bus: TestBus, catalog: Catalog) -> AsyncIterator[Callable[..., Awaitable[Node]]]:
     """Factory: `await start_node(["mesatee.kms", "http.mesatee"])` -> a running Node on free ports."""
     nodes: list[Node] = []
 
-    async def factory(names: list[str], ports: dict[str, int] | None = None) -> Node:
-        settings = Settings(data_dir=nats_server.data_dir, nats_url=nats_server.url,
-                            ports=ports or free_site_ports())
-        node = Node(settings, names)
+    async def factory(names: list[str], ports: dict[str, int] | None = None, document: dict | None = None,
+                      data_dir: Path | None = None) -> Node:
+        settings = settings_for(bus, catalog, document, ports)
+        if data_dir is not None:
+            settings.data_dir = data_dir
+        node = Node(settings, names, catalog)
         await node.start()
         nodes.append(node)
         return node
@@ -90,11 +88,6 @@ async def start_node(nats_server: EmbeddedServer) -> AsyncIterator[Callable[...,
     yield factory
     for node in reversed(nodes):
         await node.stop()
-
-
-def free_site_ports() -> dict[str, int]:
-    """A free port for every HTTP site, so tests never meet a `teebus up` running on the defaults."""
-    return {site: free_port() for site in (*mesatee_http.DEFAULT_PORTS, *enarx_http.DEFAULT_PORTS)}
 
 
 def internal_token(data_dir: Path) -> str:

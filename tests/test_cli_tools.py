@@ -30,7 +30,7 @@ import pytest
 from bus import headers
 from bus.connection import connect
 from bus.errors import NotFound
-from bus.server import EmbeddedServer, free_port, port_is_free
+from bus.server import DEFAULT_CONF, EmbeddedServer, free_port, port_is_free
 from components.mesatee.kms import KmsComponent
 from teebus import tools
 from teebus.settings import REPO_ROOT
@@ -69,7 +69,7 @@ async def test_status_lists_replicas_endpoints_and_counts_requests(start_compone
     block = _service_block(text, "mesatee-kms")
     assert re.match(r"mesatee-kms 0\.1\.0\s+replicas: 2$", block.splitlines()[0]), block
     ids = {entry["id"] for entry in stats if entry["name"] == "mesatee-kms"}
-    assert ids == {first._service.id, second._service.id}
+    assert ids == {first.service_id, second.service_id}
     for replica_id in ids:
         assert replica_id in block
     before, errors_before = _counts(block, "requests"), _counts(block, "errors")
@@ -97,7 +97,7 @@ async def test_status_lists_replicas_endpoints_and_counts_requests(start_compone
 async def bare_bus() -> AsyncIterator[EmbeddedServer]:
     """A fresh nats-server of its own: no services, no EVENTS stream."""
     data = Path(tempfile.mkdtemp(dir="/tmp", prefix="teebus-bare-"))
-    server = EmbeddedServer(REPO_ROOT / "nats.conf", data, port=free_port())
+    server = EmbeddedServer(DEFAULT_CONF, data, port=free_port())
     await server.start()
     yield server
     await server.stop()

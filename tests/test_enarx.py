@@ -18,9 +18,9 @@ from bus.connection import connect
 from bus.server import EmbeddedServer, free_port
 from components.enarx import evidence, keep_access, keep_processes, subjects
 from components.enarx.backends import Backends
-from teebus.enarx_client import EnarxClient, EnarxError, kuuid_text, pinned_context
+from components.enarx.client import EnarxClient, EnarxError, kuuid_text, pinned_context
 from teebus.launcher import Node
-from teebus.settings import Settings
+from teebus.testing import settings_for
 from tests.conftest import eventually
 from tests.wasm_modules import padded, wat
 
@@ -45,15 +45,16 @@ class Enarx:
 
 
 @pytest.fixture
-async def enarx_factory(nats_server: EmbeddedServer) -> AsyncIterator[Callable[..., Awaitable[Enarx]]]:
+async def enarx_factory(bus, catalog) -> AsyncIterator[Callable[..., Awaitable[Enarx]]]:
     started: list[tuple[Node, EnarxClient]] = []
 
     async def factory(port: int | None = None, data_dir: Path | None = None, **enarx_settings) -> Enarx:
         port = port or free_port()
-        settings = Settings(data_dir=data_dir or nats_server.data_dir, nats_url=nats_server.url,
-                            ports={"enarx-keepmgr": port, "enarx-wasmldr": free_port()},
-                            enarx={**FAST, **enarx_settings})
-        node = Node(settings, ["enarx.keepmgr", "http.enarx"])
+        settings = settings_for(bus, catalog, {"enarx": {**FAST, **enarx_settings}},
+                                ports={"enarx-keepmgr": port, "enarx-wasmldr": free_port()})
+        if data_dir is not None:
+            settings.data_dir = data_dir
+        node = Node(settings, ["enarx.keepmgr", "http.enarx"], catalog)
         await node.start()
         client = await EnarxClient(f"http://127.0.0.1:{port}").__aenter__()
         started.append((node, client))
@@ -289,7 +290,7 @@ async def test_contracts_follow_the_backends_and_a_vanished_device_is_503(enarx_
     loader = tmp_path / "kvm-loader"
     loader.write_text("#!/bin/sh\nexit 1\n")
     loader.chmod(0o755)
-    enarx = await enarx_factory(backends={"dev_root": str(root), "loaders": {"Kvm": str(loader)}})
+    enarx = await enarx_factory(dev_root=str(root), keep_loaders={"Kvm": str(loader)})
     kvm = next(c for c in await enarx.client.contracts() if c["backend"] == "Kvm")
     (root / "dev/kvm").unlink()
     with pytest.raises(EnarxError) as gone:
@@ -314,7 +315,7 @@ async def test_a_killed_keep_loader_makes_that_keep_error_and_others_serve_on(en
 
 
 async def _record(enarx: Enarx, keep: dict) -> dict:
-    return (await _keep_component(enarx).keeps.get(kuuid_text(keep["kuuid"]))).value
+    return (await _keep_component(enarx).keeps.get(kuuid_text(keep["kuuid"]))).value.to_dict()
 
 
 async def test_a_keep_manager_restart_reattaches_live_keeps_and_marks_dead_ones(enarx_factory):

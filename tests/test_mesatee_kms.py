@@ -14,13 +14,14 @@ import pytest
 from bus.errors import BadRequest, NotFound
 from bus.records import Records
 from bus.requester import Requester
-from bus.server import EmbeddedServer, free_port
+from bus.server import DEFAULT_CONF, EmbeddedServer, free_port
 from components.mesatee import subjects
 from components.mesatee.kms import BUCKET, KmsComponent
 from components.mesatee.kms_cache import OpenedConfigs
-from teebus.launcher import System
-from teebus.settings import REPO_ROOT, Settings
-from tests.conftest import eventually, free_site_ports, internal_token
+from teebus.launcher import Deployment, default_catalog
+from teebus.settings import build
+from teebus.testing import free_ports
+from tests.conftest import eventually, internal_token
 
 # The seed's own request examples, byte for byte (tabs and all).
 SEED_CREATE = b'{\n\t"type": "Create"\n}'
@@ -172,7 +173,7 @@ async def test_request_id_is_echoed(kms):
 
 async def test_same_operations_over_the_bus(start_component, connect_as):
     await start_component(KmsComponent)
-    bus = Requester(await connect_as("component"))
+    bus = Requester(await connect_as("mesatee"))
     created = (await bus.request(subjects.kms("Create"), {"type": "Create"})).payload
     got = (await bus.request(subjects.kms("Get"), {"type": "Get", "key_id": created["key_id"]})).payload
     assert got == {"type": "Get", "config": created["config"]}
@@ -193,7 +194,7 @@ async def test_events_record_every_key_change_without_key_material(start_compone
         seen.append((msg.subject, msg.data))
 
     sub = await observer.subscribe("events.mesatee.key.*", cb=keep)
-    bus = Requester(await connect_as("component"))
+    bus = Requester(await connect_as("mesatee"))
     created = (await bus.request(subjects.kms("Create"), {"type": "Create"})).payload
     await bus.request(subjects.kms("Delete"), {"type": "Delete", "key_id": created["key_id"]})
     await observer.flush()
@@ -207,7 +208,7 @@ async def test_events_record_every_key_change_without_key_material(start_compone
 
 async def test_key_material_is_sealed_at_rest(start_component, connect_as, nats_server):
     await start_component(KmsComponent)
-    bus = Requester(await connect_as("component"))
+    bus = Requester(await connect_as("mesatee"))
     created = (await bus.request(subjects.kms("Create"), {"type": "Create"})).payload
     key = base64.b64decode(created["config"]["key"])
     await (await connect_as("admin")).jetstream().stream_info(f"KV_{BUCKET}")  # flushed to the store
@@ -220,9 +221,9 @@ async def test_key_material_is_sealed_at_rest(start_component, connect_as, nats_
 
 async def test_a_copied_sealed_record_does_not_open(start_component, connect_as):
     await start_component(KmsComponent)
-    bus = Requester(await connect_as("component"))
+    bus = Requester(await connect_as("mesatee"))
     first = (await bus.request(subjects.kms("Create"), {"type": "Create"})).payload
-    records = await Records.open(await connect_as("component"), BUCKET)
+    records = await Records.open(await connect_as("mesatee"), BUCKET)
     stolen = (await records.get(first["key_id"])).value
     forged_id = str(uuid.uuid4())
     await records.create(forged_id, stolen)  # the blob is bound to its own key id
@@ -233,12 +234,12 @@ async def test_a_copied_sealed_record_does_not_open(start_component, connect_as)
 
 async def test_two_replicas_share_requests_and_lose_no_key(start_component, connect_as):
     replicas = [await start_component(KmsComponent), await start_component(KmsComponent)]
-    bus = Requester(await connect_as("component"), timeout=10)
+    bus = Requester(await connect_as("mesatee"), timeout=10)
     created = await asyncio.gather(*(bus.request(subjects.kms("Create"), {"type": "Create"})
                                      for _ in range(200)))
     ids = {reply.payload["key_id"] for reply in created}
     assert len(ids) == 200
-    served = [replica._counters["create"].served for replica in replicas]
+    served = [replica.stats()["create"].served for replica in replicas]
     assert all(count > 0 for count in served) and sum(served) == 200
     await replicas[0].stop()  # whichever replica created a key, the other serves it
     got = await asyncio.gather(*(bus.request(subjects.kms("Get"), {"type": "Get", "key_id": key_id})
@@ -250,7 +251,7 @@ async def test_two_replicas_share_requests_and_lose_no_key(start_component, conn
 async def test_a_key_deleted_through_one_replica_is_gone_from_every_replica(start_component, connect_as):
     """Both replicas have served (and opened) the key; after a Delete neither answers it again."""
     replicas = [await start_component(KmsComponent), await start_component(KmsComponent)]
-    bus = Requester(await connect_as("component"), timeout=10)
+    bus = Requester(await connect_as("mesatee"), timeout=10)
     key_id = (await bus.request(subjects.kms("Create"), {"type": "Create"})).payload["key_id"]
     get = {"type": "Get", "key_id": key_id}
     await eventually(lambda: all(r.keys.mirrored_record(key_id) for r in replicas))
@@ -283,12 +284,12 @@ async def test_adapter_role_cannot_reach_internal_subjects(start_component, conn
         violations.append(str(exc))
 
     adapter = await connect_as("adapter", error_cb=on_error)
-    before = kms._counters["create"].served
+    before = kms.stats()["create"].served
     with pytest.raises(Exception) as refused:
         await Requester(adapter, timeout=0.5).request(subjects.kms("Create"), {"type": "Create"})
     assert refused.value.status in (503, 504)
     assert any("permissions violation" in v.lower() and "mesatee.kms.internal.create" in v for v in violations)
-    assert kms._counters["create"].served == before
+    assert kms.stats()["create"].served == before
     # the gateway (internal ports, behind the internal credential) may
     reply = await Requester(await connect_as("gateway")).request(subjects.kms("Create"), {"type": "Create"})
     assert reply.payload["type"] == "Create"
@@ -296,8 +297,10 @@ async def test_adapter_role_cannot_reach_internal_subjects(start_component, conn
 
 async def test_restart_keeps_every_key(tmp_path: Path):
     """Stop everything (server included), start again on the same data directory."""
-    settings = Settings(data_dir=tmp_path / "data", nats_port=free_port(), ports=free_site_ports())
-    system = System(settings.resolved())
+    catalog = default_catalog()
+    settings = build(catalog, {"teebus": {"data_dir": tmp_path / "data", "nats_port": free_port()},
+                               "ports": free_ports(catalog)})
+    system = Deployment(settings, catalog)
     await system.start()
     try:
         url = system.node.http.bound["mesatee-kms"]
@@ -309,7 +312,7 @@ async def test_restart_keeps_every_key(tmp_path: Path):
         await system.stop()
     assert not system.listening().get("mesatee-kms (http)")
 
-    system = System(settings)
+    system = Deployment(settings, catalog)
     await system.start()
     try:
         async with aiohttp.ClientSession() as session:
@@ -333,7 +336,8 @@ async def test_master_key_readable_by_others_is_refused(tmp_path, start_componen
 
 
 def test_embedded_server_config_is_the_repo_one():
-    assert EmbeddedServer(REPO_ROOT / "nats.conf", Path("/tmp")).config.is_file()
+    assert EmbeddedServer(DEFAULT_CONF, Path("/tmp")).config.is_file()
+    assert build(default_catalog()).nats_conf == DEFAULT_CONF
 
 
 def test_opened_configs_answer_only_for_their_revision_and_stay_bounded():

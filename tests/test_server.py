@@ -8,12 +8,12 @@ import stat
 import orjson
 import pytest
 
-from bus import credentials, server
+from bus import credentials, server, users
 from bus.connection import BusConnectError, connect
-from bus.server import EmbeddedServer, ServerError, free_port
-from teebus.settings import REPO_ROOT
+from bus.roles import all_roles
+from bus.server import DEFAULT_CONF, EmbeddedServer, ServerError, free_port
 
-CONF = REPO_ROOT / "nats.conf"
+CONF = DEFAULT_CONF
 
 
 def test_binary_comes_from_this_environment():
@@ -50,7 +50,7 @@ async def test_secrets_are_generated_once_and_private(tmp_path):
         path = tmp_path / credentials.FILE_NAME
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         saved = orjson.loads(path.read_bytes())
-        assert set(saved) == set(credentials.ROLES) and len(set(saved.values())) == len(saved)
+        assert set(saved) == {role.name for role in first.roles} and len(set(saved.values())) == len(saved)
         assert not any(value in CONF.read_text() for value in saved.values())
         client = await connect(first.url, "observer", data_dir=tmp_path)
         await client.close()
@@ -65,10 +65,12 @@ async def test_secrets_are_generated_once_and_private(tmp_path):
     assert orjson.loads((tmp_path / credentials.FILE_NAME).read_bytes()) == saved
 
 
-async def test_server_environment_carries_hashes_not_passwords():
-    env = credentials.server_environment({"adapter": "plain-secret"})
-    assert "plain-secret" not in env["TEEBUS_NATS_ADAPTER"]
-    assert env["TEEBUS_NATS_ADAPTER"].startswith('"$2b$')
+async def test_the_server_gets_hashes_not_passwords(tmp_path):
+    users.install_roles(tmp_path, all_roles([]), {"admin": "plain-a", "adapter": "plain-secret",
+                                                   "gateway": "plain-g", "observer": "plain-o"})
+    text = users.render(CONF, tmp_path).read_text()
+    assert not any(secret in text for secret in ("plain-a", "plain-secret", "plain-g", "plain-o"))
+    assert text.count('password: "$2b$') == 4
 
 
 async def test_unreachable_server_fails_fast(monkeypatch):
@@ -81,7 +83,7 @@ async def test_unreachable_server_fails_fast(monkeypatch):
 def test_secret_files_readable_by_others_are_refused(tmp_path, name):
     path = tmp_path / name
     if name == credentials.FILE_NAME:
-        credentials.ensure(tmp_path)
+        credentials.ensure(tmp_path, ["admin"])
     else:
         credentials.ensure_secret_file(path)
     path.chmod(0o644)

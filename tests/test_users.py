@@ -9,6 +9,7 @@ import pytest
 
 from bus import users
 from bus.connection import connect
+from bus.roles import all_roles
 from bus.server import EmbeddedServer
 from tests.conftest import eventually
 
@@ -33,7 +34,7 @@ async def test_a_dynamic_user_gets_only_its_subjects_and_loses_access_when_remov
         errors.append(exc)
 
     client._error_cb = on_error
-    watcher = await connect_as("component")
+    watcher = await connect_as("admin")
     seen: list[bytes] = []
 
     async def collect(msg) -> None:
@@ -67,9 +68,12 @@ def test_user_names_are_checked():
         users.User.with_password("bad name; }", "pw", {})
 
 
-async def test_the_rendered_config_restates_every_role(nats_server: EmbeddedServer):
-    text = (users.directory(nats_server.data_dir) / users.SERVER_CONF).read_text()
+async def test_the_rendered_config_restates_every_role(bus):
+    text = (users.directory(bus.data_dir) / users.SERVER_CONF).read_text()
     assert 'include "base.conf"' in text
-    for role in ("component", "adapter", "gateway", "observer", "admin", "keepldr"):
-        assert f"user: {role}, password: $TEEBUS_NATS_{role.upper()}" in text
-    assert (users.directory(nats_server.data_dir) / users.SERVER_CONF).stat().st_mode & 0o077 == 0
+    names = [role.name for role in all_roles(bus.systems)]
+    assert {"admin", "adapter", "gateway", "observer", "mesatee", "enarx", "enarx-keepldr"} <= set(names)
+    for name in names:
+        assert f'user: "{name}", password: "$2b$' in text
+    assert (users.directory(bus.data_dir) / users.SERVER_CONF).stat().st_mode & 0o077 == 0
+    assert (users.directory(bus.data_dir) / users.ROLES_FILE).stat().st_mode & 0o077 == 0

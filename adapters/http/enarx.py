@@ -10,7 +10,7 @@ from __future__ import annotations
 import ssl
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import cbor2
 from aiohttp import web
@@ -18,32 +18,25 @@ from aiohttp import web
 from adapters.http import routes
 from adapters.http.routes import path_param
 from adapters.http.runner import Site, SiteContext
-from bus.errors import BadRequest, Unavailable
-from bus.headers import CBOR, OCTETS
+from bus.errors import Unavailable
+from bus.headers import CBOR
 from components.enarx import messages, subjects
-from components.enarx.wasmldr import STOPPED_HEADER
 
-DEFAULT_PORTS = {"enarx-keepmgr": 3030, "enarx-wasmldr": 3040}
+KEEPMGR_SITE = "enarx-keepmgr"
 KEEPMGR_BODY_LIMIT = 8 * 1024 * 1024        # opaque keep traffic (the bus's max_payload)
 NEW_KEEP_TIMEOUT = 60.0
 SHUTDOWN_TIMEOUT = 30.0
 WORKLOAD_MARGIN = 2 * 1024 * 1024           # CBOR framing, args, env around the module
 
 
-def render_error(status: int, message: str) -> web.Response:
-    return cbor_response(messages.error(message), status=status)
+def render_error(status: int, message: str, details: Mapping[str, Any]) -> web.Response:
+    """LocalCborErr `{"details": message}`, with the component's details beside it (a stopped
+    workload's exit_code, stdout, stderr, stopped, ...)."""
+    return cbor_response({**messages.error(message), **details}, status=status)
 
 
 def cbor_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=cbor2.dumps(body), status=status, content_type=CBOR)
-
-
-async def read_cbor(context: SiteContext, request: web.BaseRequest, what: str) -> Any:
-    raw = await context.body(request)
-    try:
-        return cbor2.loads(raw)
-    except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError) as exc:
-        raise BadRequest(f"the body must be one CBOR item ({what}); it does not decode: {exc}") from None
 
 
 def path_kuuid(request: web.BaseRequest) -> str:
@@ -58,7 +51,7 @@ def keepmgr_routes(context: SiteContext) -> list[routes.Route]:
         return web.Response(body=reply.data, content_type=CBOR)
 
     async def new_keep(request: web.BaseRequest) -> web.Response:
-        contract = await read_cbor(context, request, "a KeepContract")
+        contract = await context.cbor(request, "a KeepContract")
         messages.parse_contract(contract)
         reply = await bus.request(subjects.NEW_KEEP, {"contract": contract,
                                                       "path_uuid": path_param(request, "uuid")},
@@ -67,12 +60,10 @@ def keepmgr_routes(context: SiteContext) -> list[routes.Route]:
 
     async def converse(request: web.BaseRequest) -> web.Response:
         kuuid = path_kuuid(request)
-        body = await context.body(request)
         try:
-            reply = await bus.request(subjects.keep(kuuid), body, content_type=OCTETS)
+            return await context.forward(request, subjects.keep(kuuid), reply_type=CBOR)
         except Unavailable:
             raise await _why_unreachable(kuuid) from None
-        return web.Response(body=reply.data, content_type=CBOR)
 
     async def _why_unreachable(kuuid: str) -> Exception:
         keep = (await bus.request(subjects.KEEP_GET, {"kuuid": kuuid}, content_type=CBOR)).payload
@@ -92,17 +83,14 @@ def keepmgr_routes(context: SiteContext) -> list[routes.Route]:
                                   timeout=SHUTDOWN_TIMEOUT)
         return web.Response(body=reply.data, content_type=CBOR)
 
-    return [routes.post("/contracts", contracts), routes.post("/contracts/", contracts),
-            routes.post("/new_keep", new_keep), routes.post("/new_keep/", new_keep),
-            routes.post("/new_keep/{uuid}", new_keep),
-            routes.post("/keep/{kuuid}", converse), routes.post("/keep/{kuuid}/", converse),
+    return [routes.post("/contracts", contracts), routes.post("/new_keep", new_keep),
+            routes.post("/new_keep/{uuid}", new_keep), routes.post("/keep/{kuuid}", converse),
             routes.get("/keeps", keeps), routes.get("/keep/{kuuid}", keep), routes.delete("/keep/{kuuid}", shutdown)]
 
 
-def sites(ports: dict[str, int]) -> list[Site]:
+def sites(ports: Mapping[str, int]) -> list[Site]:
     """The keep manager's site (the wasmldr sites live in each keep's process: `wasmldr_site`)."""
-    port = {**DEFAULT_PORTS, **ports}
-    return [Site("enarx-keepmgr", port["enarx-keepmgr"], "adapter", keepmgr_routes, render_error,
+    return [Site(KEEPMGR_SITE, ports[KEEPMGR_SITE], "adapter", keepmgr_routes, render_error,
                  body_limit=KEEPMGR_BODY_LIMIT)]
 
 
@@ -111,17 +99,10 @@ def wasmldr_site(kuuid: str, port: int, key_pem: bytes, certificate_pem: bytes, 
     """One keep's wasmldr: HTTPS with the keep's own certificate, `POST /workload`."""
 
     def workload_routes(context: SiteContext) -> list[routes.Route]:
-        async def workload(request: web.BaseRequest) -> web.Response:
-            # passed on as received: the wasmldr decodes and validates it once (a 64 MB module
-            # should not be decoded twice in one process); oversized bodies stop at the site limit
-            body = await context.body(request)
-            reply = await context.requester.request(subjects.workload(kuuid), body, content_type=CBOR,
-                                                    encoded=True, timeout=deadline_seconds + 60.0)
-            if reply.headers.get(STOPPED_HEADER) is None:
-                return web.Response(body=reply.data, content_type=CBOR)
-            return cbor_response({**messages.error(reply.payload["details"]), **reply.payload}, status=422)
-
-        return [routes.post("/workload", workload), routes.post("/workload/", workload)]
+        # passed on as received: the wasmldr decodes and validates it once (a 64 MB module should
+        # not be decoded twice in one process); oversized bodies stop at the site limit
+        return [routes.forward("POST", "/workload", lambda _: subjects.workload(kuuid), content_type=CBOR,
+                               reply_type=CBOR, timeout=deadline_seconds + 60.0)]
 
     return Site(f"enarx-wasmldr-{kuuid}", port, "keepldr", workload_routes, render_error,
                 body_limit=2 * max_module_bytes + WORKLOAD_MARGIN, tls=tls_context(key_pem, certificate_pem))

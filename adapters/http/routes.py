@@ -2,14 +2,19 @@
 
 The runner serves each site with aiohttp's low-level server and resolves routes here: an exact
 path is one dict lookup, a templated one a regex. Measured on this machine, aiohttp's Application
-(router, match info, middleware chain) cost 11-12 µs of CPU per request on top of this.
+(router, match info, middleware chain) cost 11-12 µs of CPU per request on top of this. A path
+matches with or without one trailing slash (`/keep/x/` is `/keep/x`), so routes are registered once.
+A route may forward instead of handling: `forward("POST", "/keep/{kuuid}", subject_of)` sends the body
+as it is to the subject built from the path and answers with the reply's bytes.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Mapping
+
+from bus import headers
 
 from aiohttp import web
 
@@ -19,10 +24,21 @@ _SEGMENT = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 @dataclass(frozen=True)
+class Forward:
+    """Where a forwarding route sends the body: the subject from the path parameters, and how."""
+
+    subject: Callable[[Mapping[str, str]], str]
+    content_type: str = headers.OCTETS
+    reply_type: str | None = None      # the reply's Content-Type over HTTP (default: as on the bus)
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
 class Route:
     method: str
     path: str          # e.g. "/keep/{kuuid}": a {name} matches one non-empty path segment
-    handler: Handler
+    handler: Handler | None
+    forward: Forward | None = None
 
 
 def get(path: str, handler: Handler) -> Route:
@@ -35,6 +51,17 @@ def post(path: str, handler: Handler) -> Route:
 
 def delete(path: str, handler: Handler) -> Route:
     return Route("DELETE", path, handler)
+
+
+def forward(method: str, path: str, subject: Callable[[Mapping[str, str]], str], *,
+            content_type: str = headers.OCTETS, reply_type: str | None = None,
+            timeout: float | None = None) -> Route:
+    """A route that passes the body on to `subject(path parameters)` unread, as `content_type`."""
+    return Route(method, path, None, Forward(subject, content_type, reply_type, timeout))
+
+
+def _without_slash(path: str) -> str:
+    return path[:-1] if len(path) > 1 and path.endswith("/") else path
 
 
 def path_param(request: web.BaseRequest, name: str) -> str | None:
@@ -57,8 +84,11 @@ class Router:
         self._templates: list[tuple[re.Pattern[str], dict[str, Handler]]] = []
         templates: dict[str, dict[str, Handler]] = {}
         for route in routes:
-            methods = templates.setdefault(route.path, {}) if _SEGMENT.search(route.path) \
-                else self._exact.setdefault(route.path, {})
+            if route.handler is None:
+                raise ValueError(f"route {route.method} {route.path} has no handler (the runner binds "
+                                 "forwarding routes)")
+            path = _without_slash(route.path)
+            methods = templates.setdefault(path, {}) if _SEGMENT.search(path) else self._exact.setdefault(path, {})
             methods[route.method] = route.handler
             if route.method == "GET":
                 methods.setdefault("HEAD", route.handler)
@@ -67,6 +97,9 @@ class Router:
     def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
         """The handler and path parameters for a request; NoRoute when there is none."""
         methods, params = self._exact.get(path), {}
+        if methods is None and path.endswith("/"):
+            path = _without_slash(path)
+            methods = self._exact.get(path)
         if methods is None:
             for pattern, candidates in self._templates:
                 match = pattern.fullmatch(path)

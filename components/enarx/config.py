@@ -1,42 +1,48 @@
-"""Enarx settings, from `Context.options["enarx"]` (filled by the launcher from the command line)."""
+"""Enarx settings: the `[enarx]` section of teebus.toml and the "Enarx keeps" command-line options.
+
+Where the keep manager listens and which bus its keep loaders dial come from the deployment
+(Context: http_host, ports, nats_url), not from here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from components.enarx.backends import Backends
+from bus.config import option
+from components.enarx.backends import DEVICES, Backends
+from components.enarx.wasm_limits import Limits
 
 
 @dataclass(frozen=True)
 class EnarxConfig:
-    nats_url: str = "nats://127.0.0.1:4222"   # what keep loader processes dial
-    address: str = "127.0.0.1"                # the keep manager's address, advertised in contracts
-    port: int = 3030                          # ... and its port
-    wasmldr_host: str = "127.0.0.1"           # where each keep's wasmldr listens
-    wasmldr_base_port: int = 3040             # the first keep's wasmldr port; later keeps count up
-    backends: Backends = field(default_factory=Backends)
-    max_keeps: int = 64                       # live keeps on this host
+    keep_loaders: dict[str, Path] = field(default_factory=dict, metadata=option(
+        "--keep-loader", "platform keep loader for Kvm, Sev or Sgx (teebus ships only Nil's)",
+        metavar="BACKEND=PATH"))
+    dev_root: Path = Path("/")                # where the device probe looks for /dev/kvm, /dev/sgx ...
+    max_keeps: int = field(default=64, metadata=option("--max-keeps", "live keeps on this host (default 64)"))
     max_ended_keeps: int = 1000               # Shutdown/Error records kept for GET /keeps; older go
     loader_start_timeout: float = 20.0        # keep loader process up and answering
     handshake_timeout: float = 120.0          # evidence sent -> "launch" received
     shutdown_timeout: float = 10.0            # keep loader gone after a shutdown request
     watch_interval: float = 1.0               # how often live keeps' processes are checked
-    stop_keeps_on_exit: bool = False          # `teebus up` stops its keeps; `teebus run` leaves them
-    workload_limits: dict[str, Any] = field(default_factory=dict)  # wasm_runner.Limits overrides
+    stop_keeps_on_exit: bool | None = None    # None: when the bus is teebus up's own (it ends with it)
+    workload_limits: Limits = field(default_factory=Limits)
 
-    @classmethod
-    def from_options(cls, options: dict[str, Any]) -> "EnarxConfig":
-        values = dict(options.get("enarx") or {})
-        if "nats_url" not in values and options.get("nats_url"):
-            values["nats_url"] = options["nats_url"]
-        if isinstance(values.get("backends"), dict):
-            spec = values["backends"]
-            values["backends"] = Backends(Path(spec.get("dev_root", "/")),
-                                          {k: Path(v) for k, v in (spec.get("loaders") or {}).items()})
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown enarx settings {', '.join(sorted(unknown))}")
-        return cls(**values)
+    def __post_init__(self) -> None:
+        for backend in self.keep_loaders:
+            if backend not in DEVICES:
+                raise ValueError(f"--keep-loader takes BACKEND=PATH with BACKEND {', '.join(DEVICES)}, "
+                                 f"got {backend!r}")
+        object.__setattr__(self, "keep_loaders",
+                           {k: Path(v).expanduser().resolve() for k, v in self.keep_loaders.items()})
+        for name in ("max_keeps", "max_ended_keeps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("loader_start_timeout", "handshake_timeout", "shutdown_timeout", "watch_interval"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, not {getattr(self, name)}")
+
+    @property
+    def backends(self) -> Backends:
+        return Backends(self.dev_root, dict(self.keep_loaders))

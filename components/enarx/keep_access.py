@@ -7,6 +7,12 @@ from typing import Any
 from bus import payloads
 from components.enarx import subjects
 
+# The role keep loaders share when the server is not teebus's to add per-keep users to (`--nats URL`):
+# declared in the manifest as `keepldr`, so its NATS user is `enarx-keepldr`.
+SHARED_ROLE = "keepldr"
+SHARED_USER = f"{subjects.SYSTEM}-{SHARED_ROLE}"
+
+
 def user_name(kuuid: str) -> str:
     return f"keep-{kuuid}"
 

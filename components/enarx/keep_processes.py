@@ -16,7 +16,7 @@ import orjson
 
 from bus import procfs
 
-LOADER_MODULE = "teebus.keep"
+LOADER_MODULE = "components.enarx.keep_host"
 
 
 def log_path(data_dir: Path, kuuid: str) -> Path:

@@ -5,14 +5,16 @@ The conversation on `enarx.keep.<kuuid>` (raw CBOR items, DESIGN.md):
   "launch"           -> "Success" (CommsComplete), once the wasmldr listens and the keep manager
                         has recorded its address and certificate (state Ready).
 Any other item gets a LocalCborErr. If "launch" does not follow the evidence within the handshake
-timeout the keep reports Error and ends. Whoever runs this component (teebus/keep.py) supplies how
-to start the wasmldr listener and how to end the process, through `Context.options["keep"]`.
+timeout the keep reports Error and ends. Whoever runs this component (components/enarx/keep_host.py)
+supplies how to start the wasmldr listener and how to end the process: `Context.config` is a
+`KeepConfig`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import cbor2
@@ -22,6 +24,7 @@ from bus.errors import BadRequest, BusError, Conflict
 from bus.headers import OCTETS
 from components.enarx import evidence, messages, subjects
 from components.enarx.reporter import Reporter
+from components.enarx.wasm_limits import Limits
 
 REQUEST_EVIDENCE = "request-evidence"
 LAUNCH = "launch"
@@ -40,6 +43,15 @@ class KeepHooks:
     end: Callable[[str], None]                  # called with a reason; the process then stops
 
 
+@dataclass(frozen=True)
+class KeepConfig:
+    """The configuration of the components in one keep's process (KeepLoader, Wasmldr)."""
+
+    hooks: KeepHooks
+    limits: Limits = field(default_factory=Limits)
+    module_cache: Path | None = None           # compiled modules on disk, shared by the host's keeps
+
+
 def _raw(value: Any) -> Outgoing:
     return Outgoing(cbor2.dumps(value), OCTETS)
 
@@ -50,7 +62,7 @@ class KeepLoader(Component):
     description = "Enarx keep loader (Nil): evidence, launch, control"
 
     async def setup(self) -> None:
-        self.hooks: KeepHooks = self.context.options["keep"]
+        self.hooks: KeepHooks = self.config.hooks
         self.identity = evidence.new_identity(self.hooks.kuuid, self.hooks.host)
         self.launched = False
         self._launching = asyncio.Lock()
@@ -110,7 +122,7 @@ class KeepLoader(Component):
     def _arm_handshake_timer(self) -> None:
         if self._handshake_timer is None and not self.launched:
             self._handshake_timer = asyncio.get_running_loop().call_later(
-                self.hooks.handshake_timeout, lambda: asyncio.ensure_future(self._handshake_expired()))
+                self.hooks.handshake_timeout, lambda: self.spawn(self._handshake_expired(), name="handshake expired"))
 
     async def _handshake_expired(self) -> None:
         reason = (f"no {LAUNCH!r} within {self.hooks.handshake_timeout:g}s of the evidence; "

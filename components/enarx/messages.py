@@ -12,13 +12,11 @@ import uuid
 from typing import Any
 
 from bus.errors import BadRequest
+from components.enarx.keep_record import KeepRecord
 
 BACKENDS = ("Nil", "Sev", "Sgx", "Kvm")
-STATES = ("Indeterminate", "Ready", "Running", "Shutdown", "Error")
 SUCCESS, FAILURE = "Success", "Failure"
 MAX_TEXT = 4096
-MAX_ARGS = 256
-MAX_ENV = 256
 
 
 def error(details: str) -> dict[str, str]:
@@ -107,28 +105,26 @@ def contract_cbor(contract: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def keep_cbor(keep: dict[str, Any]) -> dict[str, Any]:
+def keep_cbor(keep: KeepRecord) -> dict[str, Any]:
     """A stored keep record in serde form (Keep plus socket_path and certificate_as_pem)."""
-    certificate = keep.get("certificate_as_pem")
-    extra = {"error": keep["error"]} if keep.get("error") else {}
-    return {**extra, "backend": keep["backend"], "kuuid": uuid_bytes(keep["kuuid"]), "state": keep["state"],
-            "wasmldr": keep.get("wasmldr"), "human_readable_info": keep.get("human_readable_info"),
-            "socket_path": keep.get("socket_path"),
-            "certificate_as_pem": certificate.encode() if certificate else None}
+    extra = {"error": keep.error} if keep.error else {}
+    return {**extra, "backend": keep.backend, "kuuid": uuid_bytes(keep.kuuid), "state": str(keep.state),
+            "wasmldr": keep.wasmldr, "human_readable_info": keep.human_readable_info,
+            "socket_path": keep.socket_path,
+            "certificate_as_pem": keep.certificate_as_pem.encode() if keep.certificate_as_pem else None}
 
 
-def parse_workload(value: Any, max_stdin: int) -> dict[str, Any]:
-    """A Workload plus our extensions args/env/stdin (DESIGN.md)."""
+def parse_workload(value: Any) -> dict[str, Any]:
+    """A Workload plus our extensions args/env/stdin (DESIGN.md), checked for shape; its sizes and
+    counts are checked once, against the keep's limits, by the runner (wasm_limits.check_request)."""
     body = require_map(value, "Workload", ("wasm_binary",))
     args = body.get("args") or []
     env = body.get("env") or {}
-    if not isinstance(args, list) or len(args) > MAX_ARGS:
-        raise BadRequest(f"args must be a list of at most {MAX_ARGS} texts")
-    if not isinstance(env, dict) or len(env) > MAX_ENV:
-        raise BadRequest(f"env must be a map of at most {MAX_ENV} text -> text entries")
+    if not isinstance(args, list):
+        raise BadRequest("args must be a list of texts")
+    if not isinstance(env, dict):
+        raise BadRequest("env must be a map of text -> text entries")
     stdin = parse_bytes(body.get("stdin") or b"", "stdin")
-    if len(stdin) > max_stdin:
-        raise BadRequest(f"stdin is {len(stdin)} bytes; the limit is {max_stdin}")
     return {"wasm_binary": parse_bytes(body["wasm_binary"], "wasm_binary"),
             "human_readable_info": parse_text(body.get("human_readable_info"), "human_readable_info",
                                               optional=True),

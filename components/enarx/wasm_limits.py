@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from bus.config import option
 from bus.errors import BadRequest, TooLarge
 
 MIB = 1024 * 1024
@@ -23,11 +24,16 @@ _CORE_HEADER = b"\0asm\x01\x00\x00\x00"   # magic + version 1: a core module, no
 class Limits:
     """Hard limits for one workload run; every stop's `details` names the field to raise."""
 
-    max_module_bytes: int = 64 * MIB
-    deadline_seconds: float = 10.0          # wall clock, enforced with epoch interruption
-    fuel: int | None = 20_000_000_000       # instruction budget (wasmtime fuel); None = unlimited
-    max_memory_bytes: int = 256 * MIB       # linear memory cap (store limits)
-    max_output_bytes: int = 1 * MIB         # captured stdout cap, and separately stderr cap
+    max_module_bytes: int = field(default=64 * MIB, metadata=option(
+        "--wasm-max-module", "largest module (default 64 MiB)", metavar="BYTES"))
+    deadline_seconds: float = field(default=10.0, metadata=option(  # wall clock, epoch interruption
+        "--wasm-deadline", "per workload (default 10)", metavar="SECONDS"))
+    fuel: int | None = field(default=20_000_000_000, metadata=option(  # wasmtime fuel; None = unlimited
+        "--wasm-fuel", "instruction budget per workload", metavar="UNITS"))
+    max_memory_bytes: int = field(default=256 * MIB, metadata=option(  # linear memory cap (store limits)
+        "--wasm-memory", "linear memory cap (default 256 MiB)", metavar="BYTES"))
+    max_output_bytes: int = field(default=1 * MIB, metadata=option(  # stdout cap, and stderr cap
+        "--wasm-output", "stdout and stderr cap (default 1 MiB)", metavar="BYTES"))
     max_stdin_bytes: int = 16 * MIB
     max_args: int = 256
     max_env: int = 256

@@ -2,8 +2,9 @@
 
 The reply (the seed says TBD; ours, DESIGN.md) is a CBOR map `{exit_code, stdout, stderr,
 elapsed_ms}` plus `compile_ms` and `cached`. A workload stopped by a limit (deadline, fuel,
-memory, output) or a trap gets `exit_code: null`, `stopped` (which) and `details` (what to change),
-with the output captured until then; the keep serves the next workload as before. One workload runs
+memory, output) or a trap is refused with 422 (Unprocessable) whose details are the same map with
+`exit_code: null`, `stopped` (which) and `details` (what to change), with the output captured until
+then; the keep serves the next workload as before. One workload runs
 at a time per keep: the keep is Running while it runs and Ready after.
 """
 
@@ -13,13 +14,11 @@ import asyncio
 from typing import Any
 
 from bus.component import Component, Endpoint, Incoming, Outgoing
-from bus.errors import Conflict
+from bus.errors import Conflict, Unprocessable
 from bus.headers import CBOR
 from components.enarx import messages, subjects
-from components.enarx.keepldr import KeepHooks
-from components.enarx.wasm_runner import Limits, RunRequest, RunResult, WasmRunner
-
-STOPPED_HEADER = "Enarx-Workload-Stopped"  # set (to the reason) when a limit or a trap ended the run
+from components.enarx.keepldr import KeepConfig, KeepHooks
+from components.enarx.wasm_runner import RunRequest, RunResult, WasmRunner
 
 
 def result_cbor(result: RunResult) -> dict[str, Any]:
@@ -38,9 +37,10 @@ class Wasmldr(Component):
     max_in_flight = 4   # one runs; the others are refused quickly with 409
 
     async def setup(self) -> None:
-        self.hooks: KeepHooks = self.context.options["keep"]
-        self.limits = Limits.from_overrides(self.context.options.get("limits", {}))
-        self.runner = WasmRunner(self.limits, cache_dir=self.context.options.get("module_cache"))
+        config: KeepConfig = self.config
+        self.hooks: KeepHooks = config.hooks
+        self.limits = config.limits
+        self.runner = WasmRunner(self.limits, cache_dir=config.module_cache)
         self._running = asyncio.Lock()
 
     async def teardown(self) -> None:
@@ -50,7 +50,7 @@ class Wasmldr(Component):
         return [Endpoint("workload", subjects.workload(self.hooks.kuuid), self.workload)]
 
     async def workload(self, incoming: Incoming) -> Outgoing:
-        workload = messages.parse_workload(incoming.payload, self.limits.max_stdin_bytes)
+        workload = messages.parse_workload(incoming.payload)
         if self._running.locked():
             raise Conflict("this keep is running another workload; wait for its result "
                            "(GET /keep/<kuuid> shows Running) and send again")
@@ -65,4 +65,6 @@ class Wasmldr(Component):
         self.log.info("workload finished", exit_code=result.exit_code, stopped=result.stopped,
                       elapsed_ms=round(result.elapsed_ms, 1), cached=result.cached,
                       size=len(workload["wasm_binary"]))
-        return Outgoing(result_cbor(result), CBOR, {STOPPED_HEADER: result.stopped} if result.stopped else None)
+        if result.stopped:
+            raise Unprocessable(result.details, details=result_cbor(result))
+        return Outgoing(result_cbor(result), CBOR)

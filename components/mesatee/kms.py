@@ -12,31 +12,50 @@ import base64
 import binascii
 import os
 import uuid
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 from bus.component import Component, Endpoint, Incoming
 from bus.errors import Conflict, Internal, NotFound
-from bus.records import Record, Records
+from bus.records import Record
 from bus.sealing import MasterKey, SealingError
 from components.mesatee import kms_messages as messages
 from components.mesatee import subjects
+from components.mesatee.config import MesateeConfig
 from components.mesatee.kms_cache import OpenedConfigs
 
 BUCKET = "mesatee_kms_keys"
 MASTER_KEY_FILE = "mesatee/kms.master.key"
 
 
+@dataclass(frozen=True)
+class SealedKey:
+    """A key as the bucket holds it: its material sealed under the master key (base64), bound to its id."""
+
+    sealed: str
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> "SealedKey":
+        return cls(value["sealed"], value["created"])
+
+
 class KmsComponent(Component):
     system = subjects.SYSTEM
     name = "kms"
     description = "MesaTEE KMS: AES-GCM key configs by key_id"
+    config: MesateeConfig
 
     async def setup(self) -> None:
         self.master = MasterKey.load_or_create(self.context.data_dir / MASTER_KEY_FILE)
-        self.keys = await Records.open(self.client, BUCKET, description="MesaTEE KMS keys (sealed)",
-                                       max_value_size=4096)
+        self.keys = await self.open_records(BUCKET, kind=SealedKey, description="MesaTEE KMS keys (sealed)",
+                                            max_value_size=4096)
         await self.keys.mirror()  # Get is the hot path: served from memory
-        self.opened = OpenedConfigs()
+        self.opened = OpenedConfigs(self.config.kms_opened_configs)
 
     async def teardown(self) -> None:
         await self.keys.close()
@@ -52,8 +71,7 @@ class KmsComponent(Component):
         material = os.urandom(messages.MATERIAL_BYTES)  # key || nonce || ad
         sealed = self.master.seal(material, key_id.encode())
         try:
-            await self.keys.create(key_id, {"sealed": base64.b64encode(sealed).decode(),
-                                            "created": datetime.now(timezone.utc).isoformat()})
+            await self.keys.create(key_id, SealedKey(base64.b64encode(sealed).decode()))
         except Conflict:  # a UUIDv4 collision: astronomically unlikely, never silently overwritten
             raise Internal("key id collision; retry the request") from None
         await self.events.publish("key", "created", {"key_id": key_id})
@@ -82,7 +100,7 @@ class KmsComponent(Component):
         self.log.info("key deleted", key_id=request.key_id)
         return messages.config_response("Delete", messages.config_json(material))
 
-    async def _find(self, key_id: str) -> Record:
+    async def _find(self, key_id: str) -> Record[SealedKey]:
         """The record as the bucket holds it now: Delete needs its revision; a Get comes here when
         its mirror does not hold the key yet (made by another replica a moment ago) or at all."""
         try:
@@ -91,11 +109,11 @@ class KmsComponent(Component):
             self.opened.forget(key_id)  # deleted through another replica
             raise NotFound(f"no key with key_id {key_id}") from None
 
-    def _unseal(self, key_id: str, value: dict) -> bytes:
+    def _unseal(self, key_id: str, value: SealedKey) -> bytes:
         """The key material of a record (MATERIAL_BYTES), opened with the master key."""
         try:
-            material = self.master.unseal(binascii.a2b_base64(value["sealed"]), key_id.encode())
-        except (SealingError, KeyError, ValueError):
+            material = self.master.unseal(binascii.a2b_base64(value.sealed), key_id.encode())
+        except (SealingError, ValueError):
             self.log.error("sealed key does not open: is this the data directory's master key?", key_id=key_id)
             raise Internal(f"key {key_id} cannot be unsealed with this host's master key") from None
         if len(material) != messages.MATERIAL_BYTES:

@@ -18,19 +18,19 @@ from typing import Awaitable, Callable
 
 from nats.aio.client import Client
 
-from bus import errors, events, log, payloads
+from bus import errors, log
 from bus.component import Context
-from bus.connection import connect
 from bus.requester import Requester
-from bus.server import EmbeddedServer, free_port
+from bus.testing import running_bus
 from components.mesatee import subjects
+from components.mesatee.config import MesateeConfig
 from components.mesatee.kms import KmsComponent
-from teebus.settings import REPO_ROOT
+from components.mesatee.system import MANIFEST
 from tests.replay.normalise import Normaliser
 from tests.replay.recorder import Recorder
 from tests.replay.recording import Recording
 
-RECORDING = REPO_ROOT / "tests" / "recordings" / "kms_scenario.jsonl"
+RECORDING = Path(__file__).resolve().parent.parent / "recordings" / "kms_scenario.jsonl"
 SCENARIO = "kms"
 
 # Fresh on every run: ids, the generated key material, event timestamps (and request ids, by default).
@@ -69,10 +69,10 @@ async def drive_kms_scenario(requester: Requester) -> None:
 
 async def record_kms(connect_as: Connect, component_dir: Path) -> Recording:
     """Run a fresh KMS (master key under `component_dir`) and record the scenario driven against it."""
-    component = KmsComponent(Context(await connect_as("component"), component_dir))
+    component = KmsComponent(Context(await connect_as("mesatee"), component_dir, MesateeConfig()))
     await component.start()
     try:
-        driver = Requester(await connect_as("component"))  # KMS subjects are internal: components only
+        driver = Requester(await connect_as("mesatee"))  # KMS subjects are internal: components only
         async with Recorder(await connect_as("observer"), SCENARIO,
                             meta={"recorded_with": "python -m tests.replay.record_kms"}) as recorder:
             await drive_kms_scenario(driver)
@@ -82,25 +82,11 @@ async def record_kms(connect_as: Connect, component_dir: Path) -> Recording:
 
 
 async def _record_with_embedded_server(output: Path) -> Recording:
-    """A throw-away nats-server, set up like the test session's (payload store, EVENTS stream)."""
+    """A throw-away nats-server, set up like the test session's (bus/testing.py)."""
     with tempfile.TemporaryDirectory(prefix="teebus-record-") as tmp:
-        server = EmbeddedServer(REPO_ROOT / "nats.conf", Path(tmp) / "data", port=free_port())
-        await server.start()
-        clients: list[Client] = []
-
-        async def connect_as(role: str) -> Client:
-            clients.append(await connect(server.url, role, passwords=server.passwords))
-            return clients[-1]
-
-        try:
-            admin = await connect_as("admin")
-            await payloads.ensure_store(admin)
-            await events.ensure_stream(admin)
-            recording = await record_kms(connect_as, Path(tmp) / "kms")
-        finally:
-            for client in clients:
-                await client.close()
-            await server.stop()
+        async with running_bus(Path(tmp) / "data", [MANIFEST]) as bus:
+            async with bus.scope() as scope:
+                recording = await record_kms(scope.connect, Path(tmp) / "kms")
     recording.dump(output)
     return recording
 

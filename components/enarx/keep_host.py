@@ -1,8 +1,9 @@
-"""One keep's process (`python -m teebus.keep`), started by the keep manager, one per keep.
+"""One keep's process (`python -m components.enarx.keep_host`), started by the keep manager, one per keep.
 
-It joins the bus as the keep's own NATS user (credentials in the environment), serves the keep
-loader (handshake, control) and the wasmldr components, the keep's Unix socket, and after "launch"
-the wasmldr's HTTPS port. It ends on a shutdown request, SIGTERM, a handshake timeout, or when the
+It is not a component but the program that hosts one keep, as `teebus run` hosts others: it joins
+the bus as the keep's own NATS user (credentials in the environment), serves the keep loader
+(handshake, control) and the wasmldr components, the keep's Unix socket, and after "launch" the
+wasmldr's HTTPS port. It ends on a shutdown request, SIGTERM, a handshake timeout, or when the
 bus has been unreachable for `--orphan-timeout` seconds.
 """
 
@@ -28,7 +29,7 @@ from bus.loop import run
 from bus.requester import Requester
 from components.enarx import keep_access, keep_processes
 from components.enarx.evidence import KeepIdentity
-from components.enarx.keepldr import KeepHooks, KeepLoader
+from components.enarx.keepldr import KeepConfig, KeepHooks, KeepLoader
 from components.enarx.reporter import Reporter
 from components.enarx.wasm_runner import Limits
 from components.enarx.wasmldr import Wasmldr
@@ -38,7 +39,7 @@ _log = log.get_logger("enarx.keep")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="teebus.keep", description=__doc__)
+    parser = argparse.ArgumentParser(prog="components.enarx.keep_host", description=__doc__)
     parser.add_argument("--kuuid", required=True)
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--nats", required=True)
@@ -74,9 +75,8 @@ class KeepProcess:
         reporter = Reporter(requester, kuuid)
         hooks = KeepHooks(kuuid, self.args.host, self.args.port, self.args.handshake_timeout, reporter,
                           self._start_wasmldr, self.end)
-        context = Context(self.client, self.args.data_dir,
-                          {"keep": hooks, "limits": orjson.loads(self.args.limits),
-                           "module_cache": self.args.data_dir / "keeps" / "module-cache"})
+        context = Context(self.client, self.args.data_dir, KeepConfig(
+            hooks, self.limits, module_cache=self.args.data_dir / "keeps" / "module-cache"))
         self._requester = requester
         try:
             for cls in (KeepLoader, Wasmldr):
@@ -112,7 +112,7 @@ class KeepProcess:
         site = wasmldr_site(self.args.kuuid, self.args.port, identity.key_pem, identity.certificate_pem,
                             self.limits.max_module_bytes, self.limits.deadline_seconds)
         self.https = HttpServer(self.args.host, self.args.data_dir)
-        await self.https.start([site], {"keepldr": self._requester})
+        await self.https.start([site], {site.role: self._requester})
 
     async def _stop(self, reporter: Reporter) -> None:
         if self.https is not None:

@@ -1,0 +1,105 @@
+"""How a system declares itself: one `Manifest` in its own package (`components/<system>/system.py`).
+
+The launcher, settings, CLI, server configuration and test fixtures read manifests and name no
+system. A manifest is cheap to import: components, adapters and CLI verbs are named as
+`"module:attribute"` references and imported only when used, so `teebus --help` loads no runtime.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_SITE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
+
+
+def load(reference: str) -> Any:
+    """Import `"package.module:attribute"` and return the attribute."""
+    module, _, attribute = reference.partition(":")
+    if not module or not attribute:
+        raise ValueError(f"a reference is 'module:attribute', not {reference!r}")
+    return getattr(importlib.import_module(module), attribute)
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A component of the system: `teebus run <system>.<name>` runs `target` (a Component class)."""
+
+    name: str
+    target: str
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(f"component name {self.name!r} must be lower-case letters, digits or '_'")
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """An adapter module: `target` is a function `(ports: Mapping[str, int]) -> list[Site]`.
+
+    `kind` is the folder under `adapters/` ("http"), and the run name is `<kind>.<system>`.
+    """
+
+    kind: str
+    target: str
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """An extra NATS role of the system (beyond its components' role), e.g. a fallback keep user.
+
+    The NATS user is named `<system>-<name>`; `permissions` is a NATS permissions block.
+    """
+
+    name: str
+    permissions: Mapping[str, Any]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything teebus needs to know to run, configure, permit and operate one system."""
+
+    name: str
+    summary: str
+    config: type = type(None)                                # a dataclass; its instance is Context.config
+    components: tuple[ComponentSpec, ...] = ()
+    adapters: tuple[AdapterSpec, ...] = ()
+    ports: Mapping[str, int] = field(default_factory=dict)   # site name -> default port
+    buckets: tuple[str, ...] = ()                            # KV buckets its components own
+    roles: tuple[RoleSpec, ...] = ()
+    secret_fields: tuple[str, ...] = ()                      # message fields logs never show
+    verbs: str | None = None                                 # "module:register" for `teebus <system> ...`
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(f"system name {self.name!r} must be lower-case letters, digits or '_'")
+        if self.config is not type(None) and not dataclasses.is_dataclass(self.config):
+            raise TypeError(f"{self.name}: config must be a dataclass, not {self.config!r}")
+        for site in self.ports:
+            if not _SITE.match(site) or not site.startswith(self.name + "-"):
+                raise ValueError(f"{self.name}: site {site!r} must be named '{self.name}-<what>'")
+        names = [c.name for c in self.components]
+        if len(names) != len(set(names)):
+            raise ValueError(f"{self.name}: component names repeat: {names}")
+
+    @property
+    def role(self) -> str:
+        """The NATS role (user) every component of this system connects as."""
+        return self.name
+
+    def role_name(self, role: RoleSpec) -> str:
+        return f"{self.name}-{role.name}"
+
+    def component_names(self) -> list[str]:
+        return [f"{self.name}.{component.name}" for component in self.components]
+
+    def adapter_names(self) -> list[str]:
+        return [f"{adapter.kind}.{self.name}" for adapter in self.adapters]
+
+    def default_config(self) -> Any:
+        return None if self.config is type(None) else self.config()

@@ -1,0 +1,82 @@
+"""NATS roles and their subject permissions, built from the systems' manifests.
+
+Kernel roles serve every system: `adapter` (external subjects only), `gateway` (internal subjects
+too, behind the internal credential), `observer` (read-only tools) and `admin` (operators). Each
+system's components get a role of their own named after the system, which reaches only that
+system's subjects, its events, its KV buckets and the payload bucket; a manifest may add roles of
+its own (`<system>-<name>`). The embedded server's `authorization` block is rendered from this list
+(bus/users.py), so no permission is written twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from bus import events, payloads, records
+from bus.manifest import Manifest
+
+INTERNAL = "*.*.internal.>"   # the third token `internal` marks a subject for components only
+INBOXES = "_INBOX.>"
+ADMIN, ADAPTER, GATEWAY, OBSERVER = "admin", "adapter", "gateway", "observer"
+KERNEL_ROLES = (ADMIN, ADAPTER, GATEWAY, OBSERVER)
+
+
+@dataclass(frozen=True)
+class Role:
+    """One NATS user: its name and its permissions block (as nats-server's config spells it)."""
+
+    name: str
+    permissions: Mapping[str, Any]
+    description: str = ""
+
+
+def _external_caller(systems: Iterable[Manifest], deny_internal: bool) -> dict[str, Any]:
+    publish: dict[str, Any] = {"allow": [f"{m.name}.>" for m in systems] + payloads.PUBLISH_PERMISSIONS}
+    if deny_internal:
+        publish["deny"] = [INTERNAL]
+    return {"publish": publish, "subscribe": {"allow": [INBOXES, *payloads.SUBSCRIBE_PERMISSIONS]},
+            "allow_responses": True}
+
+
+def component_permissions(manifest: Manifest) -> dict[str, Any]:
+    """A system's components: its subjects, its events, its buckets, the payload bucket."""
+    buckets = [subject for bucket in manifest.buckets for subject in records.bucket_permissions(bucket)]
+    return {
+        # INBOXES: the response permission `allow_responses` grants does not survive a configuration
+        # reload (nats-server re-evaluates permissions on every SIGHUP, and bus/users.py reloads
+        # whenever a dynamic user comes or goes), so a reply sent after one would be refused.
+        "publish": {"allow": [f"{manifest.name}.>", events.publish_permission(manifest.name),
+                              *buckets, *payloads.PUBLISH_PERMISSIONS, INBOXES]},
+        "subscribe": {"allow": [f"{manifest.name}.>", "$SRV.>", INBOXES, *payloads.SUBSCRIBE_PERMISSIONS]},
+        "allow_responses": True,
+    }
+
+
+OBSERVER_PERMISSIONS = {
+    "publish": {"allow": ["$SRV.>", "$JS.API.INFO", "$JS.API.STREAM.NAMES",
+                          *events.READ_PERMISSIONS, "$JS.FC.>"]},
+    "subscribe": {"allow": [">"]},
+}
+ADMIN_PERMISSIONS = {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}, "allow_responses": True}
+
+
+def all_roles(systems: Iterable[Manifest]) -> list[Role]:
+    """Every static role of a deployment running `systems`, kernel roles first."""
+    systems = list(systems)
+    roles = [Role(ADMIN, ADMIN_PERMISSIONS, "operators: everything, like the nats CLI's system user"),
+             Role(ADAPTER, _external_caller(systems, deny_internal=True),
+                  "external adapters: request external subjects only"),
+             Role(GATEWAY, _external_caller(systems, deny_internal=False),
+                  "internal ports (behind internal.token): internal subjects too"),
+             Role(OBSERVER, OBSERVER_PERMISSIONS, "teebus status/events/bus sub: read only")]
+    for manifest in systems:
+        roles.append(Role(manifest.role, component_permissions(manifest), f"the {manifest.name} components"))
+        roles.extend(Role(manifest.role_name(extra), extra.permissions, extra.description)
+                     for extra in manifest.roles)
+    names = [role.name for role in roles]
+    clashes = sorted({name for name in names if names.count(name) > 1})
+    if clashes:
+        raise ValueError(f"role names clash: {', '.join(clashes)} (a system may not be named after a "
+                         "kernel role)")
+    return roles
