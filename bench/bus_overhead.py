@@ -63,8 +63,10 @@ from bench.processes import (REPO_ROOT, BenchError, Children, child_environment,
 from bus import log
 from bus.credentials import ensure_secret_file
 from bus.server import EmbeddedServer, ServerError, free_port
+from bus.testing import running_bus
+from teebus.systems import installed
 
-TARGET_C_OVER_B = 0.8
+TARGET_C_OVER_B = 0.85
 READY_TIMEOUT = 30.0
 HOST = "127.0.0.1"
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -348,22 +350,20 @@ async def start_targets(children: Children, server: EmbeddedServer, data_dir: Pa
 async def bench(args: argparse.Namespace) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="teebus-bench-") as tmp:
         data_dir = Path(tmp)
-        server = EmbeddedServer(REPO_ROOT / "nats.conf", data_dir, port=free_port())
         children = Children(data_dir / "logs")
-        try:
-            await server.start()
-            targets = await start_targets(children, server, data_dir, args.only)
-            print(f"waiting for {len(children.started)} server processes ...", flush=True)
-            await make_ready(children, targets)
-            results = await run_load(targets, args)
-            children.check_alive()
-            return results
-        except BenchError:
-            print(f"server logs:\n{children.tails()}", file=sys.stderr)
-            raise
-        finally:
-            await children.stop_all()
-            await server.stop()
+        async with running_bus(data_dir, installed()) as bus:   # the roles of every system, as teebus up
+            try:
+                targets = await start_targets(children, bus.server, data_dir, args.only)
+                print(f"waiting for {len(children.started)} server processes ...", flush=True)
+                await make_ready(children, targets)
+                results = await run_load(targets, args)
+                children.check_alive()
+                return results
+            except BenchError:
+                print(f"server logs:\n{children.tails()}", file=sys.stderr)
+                raise
+            finally:
+                await children.stop_all()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,11 +71,13 @@ import cbor2
 import wasmtime
 
 from bench.bus_overhead import teebus_command
-from bench.processes import (REPO_ROOT, BenchError, Children, cpu_seconds, machine_busy_seconds,
+from bench.processes import (BenchError, Children, cpu_seconds, machine_busy_seconds,
                              python_module, run_until_done)
-from bus import events, log, payloads
+from bus import log
 from bus.connection import connect
 from bus.server import EmbeddedServer, ServerError, free_port
+from bus.testing import running_bus
+from teebus.systems import installed
 from components.enarx import keep_processes
 from components.enarx.wasm_runner import Limits, RunRequest, RunResult, WasmRunner
 from components.enarx.client import EnarxClient, EnarxError, kuuid_text, pinned_context
@@ -427,15 +429,6 @@ def teebus_run_argv(server: EmbeddedServer, data_dir: Path, port: int, wasmldr_p
                           "--port", f"enarx-wasmldr={wasmldr_port}", *flags)
 
 
-async def prepare_bus(server: EmbeddedServer) -> None:
-    admin = await connect(server.url, "admin", passwords=server.passwords, name="bench-setup")
-    try:
-        await payloads.ensure_store(admin)
-        await events.ensure_stream(admin)
-    finally:
-        await admin.close()
-
-
 async def wait_keepmgr(enarx: EnarxClient, children: Children) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     last = "no answer"
@@ -583,14 +576,12 @@ async def wait_responder(client: Any, children: Children) -> None:
 async def bench(args: argparse.Namespace) -> Report:
     with tempfile.TemporaryDirectory(prefix="teebus-bench-enarx-") as tmp:
         data_dir = Path(tmp)
-        server = EmbeddedServer(REPO_ROOT / "nats.conf", data_dir, port=free_port())
         children = Children(data_dir / "logs")
         kuuids: list[str] = []
         port = free_port()
-        async with EnarxClient(f"http://{HOST}:{port}") as enarx:
+        async with running_bus(data_dir, installed()) as bus, EnarxClient(f"http://{HOST}:{port}") as enarx:
+            server = bus.server
             try:
-                await server.start()
-                await prepare_bus(server)
                 keepmgr = await children.start("keepmgr", teebus_run_argv(server, data_dir, port, free_port()))
                 print("waiting for the keep manager and a Ready keep ...", flush=True)
                 await wait_keepmgr(enarx, children)
@@ -605,7 +596,6 @@ async def bench(args: argparse.Namespace) -> Report:
             finally:
                 await shut_down_keeps(enarx, kuuids, data_dir)
                 await children.stop_all()
-                await server.stop()
 
 
 # --- the report ------------------------------------------------------------------------------

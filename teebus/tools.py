@@ -40,8 +40,9 @@ def render_payload(data: bytes, hdrs: dict[str, str] | None) -> str:
     return f"<{len(data)} bytes{': ' + preview if data else ''}{'...' if len(data) > 64 else ''}>"
 
 
-def print_settings(document: dict[str, Any], out: TextIO = sys.stdout) -> int:
+def print_settings(document: dict[str, Any], out: TextIO | None = None) -> int:
     """The effective configuration as TOML; options with no value (None) are listed in a comment."""
+    out = out or sys.stdout
     unset: list[str] = []
 
     def drop_none(table: dict[str, Any], where: str) -> dict[str, Any]:
@@ -60,8 +61,9 @@ def print_settings(document: dict[str, Any], out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def print_roles(systems: tuple[Manifest, ...], out: TextIO = sys.stdout) -> int:
+def print_roles(systems: tuple[Manifest, ...], out: TextIO | None = None) -> int:
     """Every static NATS role of these systems with its permissions, as the server gets them."""
+    out = out or sys.stdout
     for role in roles.all_roles(systems):
         print(f"{role.name}: {role.description}", file=out)
         print(orjson.dumps(role.permissions, option=orjson.OPT_INDENT_2).decode(), file=out)

@@ -22,7 +22,7 @@ from teebus.testing import settings_for
 log.configure("warning", json=True)
 
 # The kernel tests' own system: test components under `kerneltest.*`, and the buckets they use.
-KERNEL_TEST = Manifest("kerneltest", "kernel tests", buckets=("test_records", "test_mirror"))
+KERNEL_TEST = Manifest("kerneltest", "kernel tests", buckets=("test_records", "test_mirror", "test_records_r3"))
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from pathlib import Path
 
 import cbor2
 import orjson
@@ -12,8 +13,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from bus import codec, events, headers
-from bus.component import Component, Endpoint, Incoming, Outgoing
-from bus.errors import BadRequest, Conflict, NotFound, Timeout, Unavailable
+from bus.component import Component, Context, Endpoint, Incoming, Outgoing
+from bus.errors import BadRequest, Conflict, NotFound, Timeout, Unavailable, Unprocessable
 from bus.records import Records
 from nats.js.errors import NotFoundError
 from bus.requester import Requester
@@ -35,7 +36,12 @@ class EchoComponent(Component):
                 Endpoint("crash", "kerneltest.testecho.crash", self.crash),
                 Endpoint("slow", "kerneltest.testecho.slow", self.slow),
                 Endpoint("slow_inline", "kerneltest.testecho.slowinline", self.slow, inline=True),
-                Endpoint("fail_inline", "kerneltest.testecho.failinline", self.fail, inline=True)]
+                Endpoint("fail_inline", "kerneltest.testecho.failinline", self.fail, inline=True),
+                Endpoint("refuse", "kerneltest.testecho.refuse", self.refuse)]
+
+    async def refuse(self, incoming: Incoming) -> None:
+        raise Unprocessable("the input was fine but is refused", details={"why": incoming.payload,
+                                                                          "bytes": b"\x00\x01"})
 
     async def echo_bytes(self, incoming: Incoming) -> Outgoing:
         return Outgoing(incoming.payload, headers.OCTETS)
@@ -270,3 +276,77 @@ async def test_replies_find_their_own_request_and_a_late_one_is_dropped(connect_
     await eventually(lambda: bool(held))
     await held[0].respond(b'{"echo": "late"}')  # to a request nobody waits for any more
     assert (await requester.request("kerneltest.testreplies.echo", {"n": 7})).payload == {"echo": 7}
+
+
+async def test_error_details_travel_in_the_requests_encoding(start_component, connect_as):
+    await start_component(EchoComponent)
+    requester = Requester(await connect_as("adapter"))
+    with pytest.raises(Unprocessable) as refused:
+        await requester.request("kerneltest.testecho.refuse", "cbor", content_type=headers.CBOR)
+    assert refused.value.status == 422 and refused.value.message == "the input was fine but is refused"
+    assert refused.value.details == {"why": "cbor", "bytes": b"\x00\x01"}
+    with pytest.raises(Unprocessable) as in_json:   # bytes cannot be JSON: the details are dropped, logged
+        await requester.request("kerneltest.testecho.refuse", "json")
+    assert in_json.value.status == 422 and in_json.value.details == {}
+
+
+class Background(Component):
+    system = "kerneltest"
+    name = "background"
+
+    def endpoints(self) -> list[Endpoint]:
+        return []
+
+    async def setup(self) -> None:
+        self.ticks = 0
+        self.finished: list[str] = []
+        self.cancelled: list[str] = []
+
+        async def tick() -> None:
+            self.ticks += 1
+            if self.ticks == 2:
+                raise RuntimeError("one failing pass does not stop the next")
+
+        self.every(0.02, tick)
+
+    async def work(self, name: str, seconds: float) -> None:
+        try:
+            await asyncio.sleep(seconds)
+            self.finished.append(name)
+        except asyncio.CancelledError:
+            self.cancelled.append(name)
+            raise
+
+
+async def test_background_work_is_owned_and_stragglers_are_cancelled_at_stop(start_component, connect_as):
+    component = Background(Context(await connect_as("kerneltest"), Path("/tmp")))
+    async with component:
+        component.spawn(component.work("quick", 0.05))
+        component.spawn(component.work("slow", 30))
+        component.spawn(component.work("watcher", 30), wait=False)
+        await eventually(lambda: component.ticks >= 4)
+        await component.stop(grace=0.3)
+        ticks = component.ticks
+    await asyncio.sleep(0.1)
+    assert component.finished == ["quick"] and sorted(component.cancelled) == ["slow", "watcher"]
+    assert component.ticks == ticks                      # the periodic work stopped with it
+    with pytest.raises(ValueError, match="positive interval"):
+        component.every(0, component.work)
+
+
+async def test_mutate_reports_before_and_after_and_writes_nothing_for_no_change(connect_as):
+    records = await Records.open(await connect_as("kerneltest"), "test_records")
+    key = "mutate-" + os.urandom(4).hex()
+    await records.create(key, {"n": 1})
+    change = await records.mutate(key, lambda value: {**value, "n": value["n"] + 1})
+    assert (change.before.value, change.after.value) == ({"n": 1}, {"n": 2})
+    assert change.after.revision > change.before.revision
+    same = await records.mutate(key, lambda value: value)
+    assert same.after is same.before and same.after.revision == change.after.revision
+
+
+async def test_buckets_take_the_deployments_replica_count(connect_as):
+    """One server cannot hold 3 copies: the count reaches JetStream (a cluster takes it, issue 14)."""
+    component = Background(Context(await connect_as("kerneltest"), Path("/tmp"), replicas=3))
+    with pytest.raises(Exception, match="(?i)replicas|resources"):
+        await component.open_records("test_records_r3")

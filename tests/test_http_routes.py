@@ -52,3 +52,21 @@ def test_template_names_are_literal_elsewhere():
     assert router.resolve("GET", "/a.b/1") == (keep, {"x": "1"})
     with pytest.raises(NoRoute):
         router.resolve("GET", "/aXb/1")  # the dot is not a regex wildcard
+
+
+def test_a_trailing_slash_finds_the_same_route_once_registered():
+    router = Router([routes.post("/new_keep", contracts), routes.post("/keep/{kuuid}/", keep), routes.get("/", shutdown)])
+    assert router.resolve("POST", "/new_keep/") == (contracts, {})
+    assert router.resolve("POST", "/new_keep") == (contracts, {})
+    assert router.resolve("POST", "/keep/k1") == (keep, {"kuuid": "k1"})
+    assert router.resolve("POST", "/keep/k1/") == (keep, {"kuuid": "k1"})
+    assert router.resolve("GET", "/") == (shutdown, {})
+    with pytest.raises(NoRoute):
+        router.resolve("POST", "/new_keep//")
+
+
+def test_a_forwarding_route_is_bound_by_the_runner_not_the_router():
+    route = routes.forward("POST", "/keep/{kuuid}", lambda params: f"enarx.keep.{params['kuuid']}")
+    assert route.handler is None and route.forward.subject({"kuuid": "k1"}) == "enarx.keep.k1"
+    with pytest.raises(ValueError, match="no handler"):
+        Router([route])

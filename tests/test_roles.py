@@ -1,0 +1,83 @@
+"""Least privilege on the bus: every role rendered from the manifests, each system's components
+confined to their own system, adapters kept off internal subjects."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bus import payloads, roles
+from bus.errors import BusError
+from bus.requester import Requester
+from components.mesatee import subjects as mesatee
+from components.mesatee.kms import KmsComponent
+from tests.conftest import eventually
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+async def _refused(connect_as, role: str, subject: str) -> list[str]:
+    violations: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        violations.append(str(exc).lower())
+
+    client = await connect_as(role, error_cb=on_error)
+    with pytest.raises(BusError) as failed:
+        await Requester(client, timeout=0.5).request(subject, {"type": "Create"})
+    assert failed.value.status in (503, 504)
+    await eventually(lambda: violations)
+    return violations
+
+
+async def test_a_component_of_one_system_is_refused_on_another_systems_internal_subject(start_component, connect_as):
+    kms = await start_component(KmsComponent)
+    before = kms.stats()["create"].served
+    for role in ("enarx", "enarx-keepldr", "adapter"):
+        violations = await _refused(connect_as, role, mesatee.kms("Create"))
+        assert any("permissions violation" in v and "mesatee.kms.internal.create" in v for v in violations), role
+    assert kms.stats()["create"].served == before
+    reply = await Requester(await connect_as("mesatee")).request(mesatee.kms("Create"), {"type": "Create"})
+    assert reply.payload["type"] == "Create"       # its own system's component may
+
+
+async def test_a_component_cannot_open_another_systems_bucket(connect_as):
+    from bus.records import Records
+
+    violations: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        violations.append(str(exc).lower())
+
+    client = await connect_as("enarx", error_cb=on_error)
+    with pytest.raises(Exception):
+        await Records.open(client, "mesatee_kms_keys")
+    assert any("kv_mesatee_kms_keys" in v for v in violations)
+
+
+def test_payload_permissions_are_written_once(catalog):
+    assert "teebus_payloads" not in (REPO / "nats.conf").read_text()
+    for role in roles.all_roles(catalog.systems):
+        if role.name in (roles.ADMIN, roles.OBSERVER):
+            continue
+        assert all(p in role.permissions["publish"]["allow"] for p in payloads.PUBLISH_PERMISSIONS), role.name
+
+
+def test_a_system_named_like_a_kernel_role_is_refused():
+    from bus.manifest import Manifest
+
+    with pytest.raises(ValueError, match="role names clash: adapter"):
+        roles.all_roles([Manifest("adapter", "clash")])
+
+
+def test_cli_help_loads_no_runtime():
+    code = ("import sys, time\nstarted = time.perf_counter()\nfrom teebus import cli\n"
+            "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted({m.split('.')[0] + ('.x509' if m.startswith('cryptography.x509') else '') for m in sys.modules"
+            " if m.startswith(('wasmtime', 'cryptography.x509'))}), file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert result.stderr.strip().splitlines()[-1] == "[]"
+    assert "enarx" in result.stdout and "mesatee" in result.stdout   # the systems' own verbs are listed
