@@ -124,7 +124,7 @@ class Component:
 
     @property
     def service_name(self) -> str:
-        """The micro service name, e.g. `mesatee-kms` (micro names allow no dots)."""
+        """The micro service name, `<system>-<name>` (micro names allow no dots)."""
         return f"{self.system}-{self.name}"
 
     @property

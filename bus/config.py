@@ -2,7 +2,7 @@
 command-line options, and prints it back.
 
 A field may carry `option("--flag", "help")` metadata: it then also appears as a command-line option
-in the system's argument group. A nested dataclass field is a sub-table (`[enarx.workload_limits]`).
+in the system's argument group. A nested dataclass field is a sub-table (`[<system>.<field>]`).
 Values are checked against the field's type here, and against the class's own rules in its
 `__post_init__`; every error names the section and the option.
 """

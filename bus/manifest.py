@@ -50,7 +50,7 @@ class AdapterSpec:
 
 @dataclass(frozen=True)
 class RoleSpec:
-    """An extra NATS role of the system (beyond its components' role), e.g. a fallback keep user.
+    """An extra NATS role of the system (beyond its components' role), e.g. for helper processes.
 
     The NATS user is named `<system>-<name>`; `permissions` is a NATS permissions block.
     """

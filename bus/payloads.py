@@ -26,7 +26,7 @@ STORE_BYTES = 4 * 1024 * 1024 * 1024   # the bucket's total bound
 HEADROOM = 16 * 1024                   # room kept for headers inside max_payload
 
 # What a NATS user needs to publish to put and get payloads here: every role's permissions take
-# this one list (bus/roles.py, and the per-keep users of the Enarx system).
+# this one list (bus/roles.py, and any dynamic user a system adds through bus/users.py).
 PUBLISH_PERMISSIONS = [
     "$JS.API.INFO", "$JS.API.STREAM.NAMES",
     f"$JS.API.STREAM.INFO.OBJ_{BUCKET}", f"$JS.API.STREAM.MSG.GET.OBJ_{BUCKET}",

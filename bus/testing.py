@@ -4,8 +4,8 @@ all cleaned up by the scope that made them.
 
     async with running_bus(tmp_path, [MANIFEST]) as bus:
         async with bus.scope() as scope:
-            kms = await scope.component(KmsComponent)
-            requester = Requester(await scope.connect("mesatee"))
+            component = await scope.component(MyComponent)        # connected as its system's role
+            requester = Requester(await scope.connect("adapter"))
 
 Nothing here is mocked: the server is the nats-server binary with JetStream on `data_dir`, set up
 as `teebus up` sets up its own (payload bucket, EVENTS stream). A node of components *and* adapters

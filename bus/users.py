@@ -178,7 +178,7 @@ def _quote(value: str) -> str:
 
 @contextmanager
 def _locked(data_dir: Path) -> Iterator[None]:
-    """One writer at a time across processes (several keep managers may share a data directory)."""
+    """One writer at a time across processes (several nodes may share a data directory)."""
     directory(data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(directory(data_dir) / "users.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

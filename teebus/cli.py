@@ -34,7 +34,7 @@ def _deployment(parser: argparse.ArgumentParser, catalog: Catalog) -> None:
     """Options of `up`, `run` and `config`: where things listen, and every system's own group."""
     parser.add_argument("--host", help="address the HTTP adapters listen on (default 127.0.0.1)")
     parser.add_argument("--port", action="append", default=[], metavar="SITE=PORT",
-                        help=f"move one site, e.g. --port mesatee-kms=7016 (sites: {', '.join(catalog.ports())})")
+                        help=f"move one site (sites: {', '.join(catalog.ports())})")
     parser.add_argument("--replicas", type=int, help="JetStream copies of each bucket and stream (default 1)")
     for manifest in catalog.systems:
         if manifest.config is not type(None):
@@ -86,13 +86,12 @@ def build_parser(catalog: Catalog) -> argparse.ArgumentParser:
     _common(ev)
     ev.add_argument("--since", help="ISO time or duration back from now (30s, 15m, 2h, 7d)")
     ev.add_argument("--follow", action="store_true", help="keep printing new events")
-    ev.add_argument("--subject", default="events.>", help="filter, e.g. events.mesatee.>")
+    ev.add_argument("--subject", default="events.>", help="filter, e.g. events.<system>.>")
 
     for manifest in catalog.systems:
         if manifest.verbs:
             verbs = commands.add_parser(manifest.name, help=f"{manifest.summary}: client commands")
-            _common(verbs)
-            load(manifest.verbs)(verbs)
+            load(manifest.verbs)(verbs, _common)   # the system adds `_common` to each of its verbs
     return parser
 
 

@@ -119,12 +119,13 @@ def read_file(path: Path) -> dict[str, Any]:
 
 
 def parse_port_overrides(values: list[str]) -> dict[str, int]:
-    """`--port mesatee-kms=7016` style overrides; a clear error on anything else."""
+    """`--port SITE=PORT` overrides; a clear error on anything else (unknown sites: `build`)."""
     ports = {}
     for value in values:
         name, sep, number = value.partition("=")
         if not sep or not number.isdigit() or not 0 < int(number) < 65536:
-            raise ConfigError(f"--port takes SITE=PORT (e.g. mesatee-kms=7016), got {value!r}")
+            raise ConfigError(f"--port takes SITE=PORT with a port 1-65535 (`teebus config` lists the sites), "
+                              f"got {value!r}")
         ports[name] = int(number)
     return ports
 

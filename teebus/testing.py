@@ -2,8 +2,8 @@
 launcher path as `teebus run`, on a bus from `bus.testing.running_bus`.
 
     async with running_bus(tmp_path, catalog.systems) as bus:
-        async with node(bus, ["mesatee.kms", "http.mesatee"], catalog) as kms:
-            url = kms.http.bound["mesatee-kms"]
+        async with node(bus, ["<system>.<component>", "http.<system>"], catalog) as running:
+            url = running.http.bound["<system>-<site>"]
 """
 
 from __future__ import annotations

@@ -190,7 +190,7 @@ async def test_mirror_follows_other_writers_and_hides_local_deletes(connect_as):
     created = await writer.create(key, {"v": 1})
 
     async def sees(value) -> bool:
-        found = reader._mirror.get(key)
+        found = reader.mirrored_record(key)
         return (found.value if found else None) == value
 
     await eventually(lambda: sees({"v": 1}))               # delivered by the watch, no read needed

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:  # the CLI hands the settings in; this package does not depend on teebus
     from teebus.settings import Settings
@@ -22,12 +22,15 @@ if TYPE_CHECKING:  # the CLI hands the settings in; this package does not depend
 KEEPMGR_SITE = "enarx-keepmgr"
 
 
-def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", help="the keep manager (default: this deployment's enarx-keepmgr site)")
+def register(parser: argparse.ArgumentParser, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """`teebus enarx ...`; `common` adds teebus's shared options (--data-dir, --config, ...)."""
     verbs = parser.add_subparsers(dest="enarx_verb", required=True)
-    verbs.add_parser("contracts", help="the contracts on offer")
-    verbs.add_parser("keeps", help="every keep and its state")
+    contracts = verbs.add_parser("contracts", help="the contracts on offer")
+    keeps = verbs.add_parser("keeps", help="every keep and its state")
     run = verbs.add_parser("run", help="run a WebAssembly module in a fresh Nil keep and print its output")
+    for verb in (contracts, keeps, run):
+        common(verb)
+        verb.add_argument("--url", help="the keep manager (default: this deployment's enarx-keepmgr site)")
     run.add_argument("module", type=Path, help="a wasm32-wasip1 module")
     run.add_argument("--arg", action="append", default=[], help="an argument after argv[0] (repeatable)")
     run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="repeatable")

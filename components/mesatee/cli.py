@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable
 
 from typing import TYPE_CHECKING
 
@@ -21,14 +22,19 @@ KMS_SITE = "mesatee-kms"
 TOKEN_FILE = "internal.token"
 
 
-def register(parser: argparse.ArgumentParser) -> None:
+def register(parser: argparse.ArgumentParser, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """`teebus mesatee ...`; `common` adds teebus's shared options (--data-dir, --config, ...)."""
     services = parser.add_subparsers(dest="mesatee_service", required=True)
     kms = services.add_parser("kms", help="key management: create, get and delete AEAD key configs")
-    kms.add_argument("--url", help="the KMS (default: this deployment's mesatee-kms site)")
     operations = kms.add_subparsers(dest="kms_operation", required=True)
-    operations.add_parser("create", help="a new key; prints its key_id and config")
-    for name in ("get", "delete"):
-        operations.add_parser(name, help=f"{name} the key KEY_ID").add_argument("key_id")
+    create = operations.add_parser("create", help="a new key; prints its key_id and config")
+    get = operations.add_parser("get", help="the key KEY_ID")
+    delete = operations.add_parser("delete", help="delete the key KEY_ID (prints it a last time)")
+    for operation in (create, get, delete):
+        common(operation)
+        operation.add_argument("--url", help="the KMS (default: this deployment's mesatee-kms site)")
+    for operation in (get, delete):
+        operation.add_argument("key_id")
     parser.set_defaults(system_verbs=main)
 
 
