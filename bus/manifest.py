@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+ADAPTER_KINDS = ("http", "unix")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _SITE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 
@@ -39,13 +40,19 @@ class ComponentSpec:
 
 @dataclass(frozen=True)
 class AdapterSpec:
-    """An adapter module: `target` is a function `(ports: Mapping[str, int]) -> list[Site]`.
+    """An adapter module and the function that declares what it serves.
 
-    `kind` is the folder under `adapters/` ("http"), and the run name is `<kind>.<system>`.
+    `kind` is the folder under `adapters/`, and the run name is `<kind>.<system>`:
+    - "http": `target` is `(ports: Mapping[str, int]) -> list[Site]` (adapters/http/runner.py);
+    - "unix": `target` is `(data_dir: Path) -> list[Socket]` (adapters/unix/server.py).
     """
 
     kind: str
     target: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in ADAPTER_KINDS:
+            raise ValueError(f"adapter kind {self.kind!r} is not one of {', '.join(ADAPTER_KINDS)}")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from nats.aio.client import Client
 
 from adapters.http.runner import INTERNAL_TOKEN_FILE, HttpServer
+from adapters.unix.server import Socket, UnixServer
 from bus import log, roles
 from bus.bootstrap import prepare
 from bus.component import Component, Context
@@ -48,7 +49,9 @@ class Node:
     catalog: Catalog = field(default_factory=default_catalog)
     components: list[Component] = field(default_factory=list)
     http: HttpServer | None = None
+    sockets: dict[str, UnixServer] = field(default_factory=dict)
     _clients: list[Client] = field(default_factory=list)
+    _requesters: dict[str, Requester] = field(default_factory=dict)
 
     async def _connect(self, role: str, name: str) -> Client:
         client = await connect(self.settings.url, role, data_dir=self.settings.data_dir, name=name)
@@ -69,8 +72,12 @@ class Node:
                 await component.start()
                 self.components.append(component)
             adapters = self.catalog.adapters(self.names)
-            if adapters:
-                await self._start_http([site for _, spec in adapters for site in load(spec.target)(self.settings.ports)])
+            sites = [site for _, spec in adapters if spec.kind == "http" for site in load(spec.target)(self.settings.ports)]
+            if sites:
+                await self._start_http(sites)
+            for _, spec in adapters:
+                if spec.kind == "unix":
+                    await self._start_sockets(load(spec.target)(self.settings.data_dir))
         except BaseException:
             await self.stop()
             raise
@@ -82,20 +89,35 @@ class Node:
         finally:
             await admin.close()
 
+    async def _requester(self, role: str) -> Requester:
+        """One connection per role for all of this node's adapters."""
+        if role not in self._requesters:
+            self._requesters[role] = Requester(await self._connect(role, f"adapters-{role}"))
+        return self._requesters[role]
+
     async def _start_http(self, sites: list) -> None:
-        needed = sorted({site.role for site in sites})
-        requesters = {role: Requester(await self._connect(role, f"http-{role}")) for role in needed}
+        requesters = {role: await self._requester(role) for role in sorted({site.role for site in sites})}
         self.http = HttpServer(self.settings.http_host, self.settings.data_dir)
         await self.http.start(sites, requesters)
+
+    async def _start_sockets(self, sockets: list[Socket]) -> None:
+        for declared in sockets:
+            server = UnixServer(declared.path, declared.serve(await self._requester(declared.role)), declared.limit)
+            await server.start()
+            self.sockets[declared.name] = server
 
     async def stop(self) -> None:
         """Adapters stop taking requests first, components finish theirs, connections drain."""
         if self.http is not None:
             await self.http.stop()
             self.http = None
+        for server in self.sockets.values():
+            await server.stop()
+        self.sockets.clear()
         for component in reversed(self.components):
             await component.stop()
         self.components.clear()
+        self._requesters.clear()
         for client in reversed(self._clients):
             if not client.is_closed:
                 await client.drain()
@@ -110,6 +132,7 @@ class Node:
 
     def listening(self) -> dict[str, str]:
         bound = {f"{name} (http)": url for name, url in (self.http.bound if self.http else {}).items()}
+        bound.update({f"{name} (unix)": str(server.path) for name, server in self.sockets.items()})
         for component in self.components:
             bound[component.service_name] = "bus: " + ", ".join(e.subject for e in component.endpoints())
         return bound

@@ -7,10 +7,12 @@ bus of its own through the same launcher path as `teebus run`; the CLI builds it
 
 from __future__ import annotations
 
+import asyncio
 import io
 import sys
 from contextlib import redirect_stdout
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 import aiohttp
@@ -20,11 +22,13 @@ from aiohttp import web
 
 from adapters.http import routes
 from adapters.http.runner import Site, SiteContext
+from adapters.unix.server import Socket
 from bus import log
 from bus.component import Component, Endpoint, Incoming
 from bus.config import option
 from bus.errors import BadRequest
 from bus.manifest import AdapterSpec, ComponentSpec, Manifest
+from bus.requester import Requester
 from bus.server import free_port
 from bus.testing import running_bus
 from teebus import cli
@@ -92,10 +96,26 @@ def echo_sites(ports: Mapping[str, int]) -> list[Site]:
     return [Site("echo-http", ports["echo-http"], "adapter", echo_routes, render_error)]
 
 
+def echo_sockets(data_dir: Path) -> list[Socket]:
+    """A line protocol on a Unix socket: each line is said, each answer is a line."""
+
+    def serve(requester: Requester):
+        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while line := await reader.readline():
+                reply = await requester.request(SAY, {"words": line.decode().strip()})
+                writer.write(reply.payload["said"].encode() + b"\n")
+                await writer.drain()
+            writer.close()
+
+        return connection
+
+    return [Socket("echo-lines", data_dir / "echo" / "lines.sock", "adapter", serve)]
+
+
 ECHO = Manifest(
     name="echo", summary="Echo (a test system)", config=EchoConfig,
     components=(ComponentSpec("store", f"{__name__}:EchoComponent"),),
-    adapters=(AdapterSpec("http", f"{__name__}:echo_sites"),),
+    adapters=(AdapterSpec("http", f"{__name__}:echo_sites"), AdapterSpec("unix", f"{__name__}:echo_sockets")),
     ports={"echo-http": 7999}, buckets=("echo_notes",))
 CATALOG = Catalog((ECHO,))
 
@@ -114,6 +134,12 @@ async def test_a_system_defined_in_a_test_runs_through_the_launcher(tmp_path):
                     assert response.status == 400
                     assert await response.json() == {"error": "at most 8 words", "words": 9}  # details travel
             assert [c.service_name for c in echo.components] == ["echo-store"]
+        async with node(bus, ["echo.store", "unix.echo"], CATALOG) as echo:
+            reader, writer = await asyncio.open_unix_connection(echo.sockets["echo-lines"].path)
+            writer.write(b"over a socket\n")
+            assert await reader.readline() == b"hello over a socket\n"
+            writer.close()
+            assert "echo-lines (unix)" in echo.listening()
 
 
 def test_its_options_and_section_come_from_its_manifest(tmp_path):
@@ -180,3 +206,5 @@ def test_site_names_and_system_names_are_checked():
         Manifest("Echo", "x")
     with pytest.raises(TypeError, match="must be a dataclass"):
         Manifest("echo", "x", config=dict)
+    with pytest.raises(ValueError, match="adapter kind 'grpc'"):
+        AdapterSpec("grpc", "x:y")

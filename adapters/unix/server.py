@@ -7,12 +7,27 @@ import os
 import socket
 import stat
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable, Iterator
 
 from bus import log
+from bus.requester import Requester
 
 ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Socket:
+    """One Unix socket of a system, as its adapter module declares it to the launcher: a
+    `unix` adapter's target is `(data_dir: Path) -> list[Socket]`. `serve` gets the requester of
+    `role` and returns the handler of each connection."""
+
+    name: str
+    path: Path
+    role: str
+    serve: Callable[[Requester], ConnectionHandler]
+    limit: int = 1024 * 1024          # the stream reader's buffer bound
 _log = log.get_logger("adapters.unix")
 MAX_SUN_PATH = 107  # bytes a socket address may hold on Linux, without the final NUL
 
