@@ -11,6 +11,7 @@ from nats.aio.client import Client
 from nats.errors import AuthorizationError
 
 from bus import credentials, log
+from bus.roles import inbox_prefix
 
 _log = log.get_logger("bus.connection")
 FIRST_CONNECT_TIMEOUT = 5.0
@@ -42,6 +43,7 @@ async def connect(url: str, role: str, data_dir: Path | None = None, name: str |
                   **options) -> Client:
     """A NATS connection as `role`: fails fast and clearly at first, then reconnects forever.
 
+    Replies come to the role's own inbox prefix (bus/roles.py), the only one it may subscribe to.
     A refused login is retried for `auth_settle` seconds (a user just added becomes valid when the
     server has reloaded its configuration).
     """
@@ -75,7 +77,7 @@ async def _connect_once(url: str, role: str, name: str | None, passwords: dict[s
         _log.warning("nats connection error", client=name, error=str(exc))
 
     settings = dict(name=name or f"teebus-{role}", connect_timeout=2, max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.25, error_cb=on_error)
+                    reconnect_time_wait=0.25, error_cb=on_error, inbox_prefix=inbox_prefix(role))
     settings.update(options)
     try:
         client = await asyncio.wait_for(nats.connect(role_url(url, role, passwords), **settings),

@@ -1,15 +1,23 @@
 """Payloads above the server's max_payload travel through the JetStream Object Store.
 
-The sender stores the body under a fresh name and sends an empty message whose `Teebus-Payload-Ref`
-header names the object; the receiver fetches it and deletes it. Objects nobody collects expire
-after `TTL_SECONDS`. Every request and reply in teebus goes through `pack`/`unpack`, so no caller
-ever meets `MaxPayloadError`.
+The sender seals the body (AES-GCM under a fresh key, bound to the object's name), stores it under
+a fresh name and sends an empty message whose headers carry the name (`Teebus-Payload-Ref`) and the
+key (`Teebus-Payload-Key`); the receiver fetches the object and opens it. The store is shared by
+every role, so what rests there is ciphertext: only whoever receives the message (its subject's
+permissions decide who) holds the key, and an object altered in the store does not open. No role
+but the store's owner (admin, which creates it) may purge or delete in it: objects expire after
+`TTL_SECONDS`, long enough for any receiver to fetch (it does so before it handles the message).
+Every request and reply in teebus goes through `pack`/`unpack`, so no caller ever meets
+`MaxPayloadError`.
 """
 
 from __future__ import annotations
 
-import asyncio
+import binascii
+import os
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nats.aio.client import Client
 from nats.nuid import NUID
 from nats.js.api import ObjectStoreConfig, StorageType
@@ -20,22 +28,24 @@ from bus import headers, log
 from bus.errors import TooLarge, Unavailable
 
 BUCKET = "teebus_payloads"
-TTL_SECONDS = 3600
+TTL_SECONDS = 300
+NONCE_BYTES = 12
 MAX_BYTES = 256 * 1024 * 1024          # the largest single payload teebus carries
 STORE_BYTES = 4 * 1024 * 1024 * 1024   # the bucket's total bound
 HEADROOM = 16 * 1024                   # room kept for headers inside max_payload
 
 # What a NATS user needs to publish to put and get payloads here: every role's permissions take
 # this one list (bus/roles.py, and any dynamic user a system adds through bus/users.py).
+# (no purge: that is how objects are deleted, and only the owner may). Replies to these calls
+# come to the caller's own inbox; nobody needs to subscribe to the store's subjects.
 PUBLISH_PERMISSIONS = [
     "$JS.API.INFO", "$JS.API.STREAM.NAMES",
     f"$JS.API.STREAM.INFO.OBJ_{BUCKET}", f"$JS.API.STREAM.MSG.GET.OBJ_{BUCKET}",
-    f"$JS.API.STREAM.PURGE.OBJ_{BUCKET}", f"$JS.API.DIRECT.GET.OBJ_{BUCKET}",
+    f"$JS.API.DIRECT.GET.OBJ_{BUCKET}",
     f"$JS.API.DIRECT.GET.OBJ_{BUCKET}.>", f"$JS.API.CONSUMER.CREATE.OBJ_{BUCKET}",
     f"$JS.API.CONSUMER.CREATE.OBJ_{BUCKET}.>", f"$JS.API.CONSUMER.DELETE.OBJ_{BUCKET}.>",
     f"$O.{BUCKET}.>", "$JS.FC.>", f"$JS.ACK.OBJ_{BUCKET}.>",
 ]
-SUBSCRIBE_PERMISSIONS = [f"$O.{BUCKET}.>"]
 
 _log = log.get_logger("bus.payloads")
 
@@ -57,7 +67,6 @@ class Payloads:
     def __init__(self, client: Client) -> None:
         self._client = client
         self._store: ObjectStore | None = None
-        self._deletes: set[asyncio.Task] = set()
         self._names = NUID()
 
     def fits(self, size: int) -> bool:
@@ -79,14 +88,17 @@ class Payloads:
         if len(data) > MAX_BYTES:
             raise TooLarge(f"payload of {len(data)} bytes exceeds the bus limit of {MAX_BYTES} bytes")
         name = self._names.next().decode()
+        key = AESGCM.generate_key(bit_length=128)
+        nonce = os.urandom(NONCE_BYTES)
         store = await self._bucket()
-        await store.put(name, data)
+        await store.put(name, nonce + AESGCM(key).encrypt(nonce, data, name.encode()))
         hdrs[headers.PAYLOAD_REF] = name
+        hdrs[headers.PAYLOAD_KEY] = binascii.b2a_base64(key, newline=False).decode()
         _log.debug("payload offloaded", ref=name, size=len(data))
         return b""
 
     async def unpack(self, data: bytes, hdrs: dict[str, str] | None) -> bytes:
-        """Return the real body of a received message, fetching and deleting a stored one."""
+        """Return the real body of a received message, fetching and opening a stored one."""
         name = hdrs.get(headers.PAYLOAD_REF) if hdrs else None
         if not name:
             return data
@@ -94,16 +106,16 @@ class Payloads:
         try:
             result = await store.get(name)
         except (ObjectNotFoundError, NotFoundError):
-            raise Unavailable(f"payload {name} is gone from the object store (expired after "
-                              f"{TTL_SECONDS}s or already consumed); send it again") from None
-        task = asyncio.create_task(self._delete(store, name))
-        self._deletes.add(task)
-        task.add_done_callback(self._deletes.discard)
-        return result.data or b""
+            raise Unavailable(f"payload {name} is gone from the object store (it expires after "
+                              f"{TTL_SECONDS}s); send it again") from None
+        return _open(name, result.data or b"", hdrs.get(headers.PAYLOAD_KEY, ""))
 
-    @staticmethod
-    async def _delete(store: ObjectStore, name: str) -> None:
-        try:
-            await store.delete(name)
-        except Exception as exc:  # the TTL collects it anyway
-            _log.warning("payload delete failed", ref=name, error=str(exc))
+
+def _open(name: str, sealed: bytes, key_text: str) -> bytes:
+    """The plaintext of a stored payload; Unavailable when it does not open (altered, or no key)."""
+    try:
+        key = binascii.a2b_base64(key_text)
+        return AESGCM(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], name.encode())
+    except (InvalidTag, ValueError, binascii.Error):
+        raise Unavailable(f"payload {name} does not open: it was altered in the object store or its "
+                          "key did not arrive; send it again") from None

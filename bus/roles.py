@@ -22,6 +22,20 @@ ADMIN, ADAPTER, GATEWAY, OBSERVER = "admin", "adapter", "gateway", "observer"
 KERNEL_ROLES = (ADMIN, ADAPTER, GATEWAY, OBSERVER)
 
 
+def inbox_prefix(role: str) -> str:
+    """Where replies to a connection of `role` arrive (bus/connection.py sets it on every connection).
+
+    A role may subscribe to its own prefix only, so no role receives the replies sent to another
+    (the adapter never sees the key material a KMS reply carries to the gateway). Connections of one
+    role share it: they hold the same password, and may ask for the same replies themselves.
+    """
+    return f"_INBOX.{role}"
+
+
+def own_inbox(role: str) -> str:
+    return f"{inbox_prefix(role)}.>"
+
+
 @dataclass(frozen=True)
 class Role:
     """One NATS user: its name and its permissions block (as nats-server's config spells it)."""
@@ -31,12 +45,11 @@ class Role:
     description: str = ""
 
 
-def _external_caller(systems: Iterable[Manifest], deny_internal: bool) -> dict[str, Any]:
+def _external_caller(role: str, systems: Iterable[Manifest], deny_internal: bool) -> dict[str, Any]:
     publish: dict[str, Any] = {"allow": [f"{m.name}.>" for m in systems] + payloads.PUBLISH_PERMISSIONS}
     if deny_internal:
         publish["deny"] = [INTERNAL]
-    return {"publish": publish, "subscribe": {"allow": [INBOXES, *payloads.SUBSCRIBE_PERMISSIONS]},
-            "allow_responses": True}
+    return {"publish": publish, "subscribe": {"allow": [own_inbox(role)]}}
 
 
 def component_permissions(manifest: Manifest) -> dict[str, Any]:
@@ -48,28 +61,35 @@ def component_permissions(manifest: Manifest) -> dict[str, Any]:
         # whenever a dynamic user comes or goes), so a reply sent after one would be refused.
         "publish": {"allow": [f"{manifest.name}.>", events.publish_permission(manifest.name),
                               *buckets, *payloads.PUBLISH_PERMISSIONS, INBOXES]},
-        "subscribe": {"allow": [f"{manifest.name}.>", "$SRV.>", INBOXES, *payloads.SUBSCRIBE_PERMISSIONS]},
+        "subscribe": {"allow": [f"{manifest.name}.>", "$SRV.>", own_inbox(manifest.role)]},
         "allow_responses": True,
     }
 
 
-OBSERVER_PERMISSIONS = {
-    "publish": {"allow": ["$SRV.>", "$JS.API.INFO", "$JS.API.STREAM.NAMES",
-                          *events.READ_PERMISSIONS, "$JS.FC.>"]},
-    "subscribe": {"allow": [">"]},
-}
-ADMIN_PERMISSIONS = {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}, "allow_responses": True}
+def observer_permissions(systems: Iterable[Manifest]) -> dict[str, Any]:
+    """Read-only tools: discovery, the events, and the systems' external traffic; never replies
+    (other roles' inboxes), internal subjects, KV values or payload objects (that is admin's)."""
+    return {
+        "publish": {"allow": ["$SRV.>", "$JS.API.INFO", "$JS.API.STREAM.NAMES",
+                              *events.READ_PERMISSIONS, "$JS.FC.>"]},
+        "subscribe": {"allow": [own_inbox(OBSERVER), "$SRV.>", events.SUBJECTS, *(f"{m.name}.>" for m in systems)],
+                      "deny": [INTERNAL]},
+    }
+
+
+ADMIN_PERMISSIONS = {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
 
 
 def all_roles(systems: Iterable[Manifest]) -> list[Role]:
     """Every static role of a deployment running `systems`, kernel roles first."""
     systems = list(systems)
     roles = [Role(ADMIN, ADMIN_PERMISSIONS, "operators: everything, like the nats CLI's system user"),
-             Role(ADAPTER, _external_caller(systems, deny_internal=True),
+             Role(ADAPTER, _external_caller(ADAPTER, systems, deny_internal=True),
                   "external adapters: request external subjects only"),
-             Role(GATEWAY, _external_caller(systems, deny_internal=False),
+             Role(GATEWAY, _external_caller(GATEWAY, systems, deny_internal=False),
                   "internal ports (behind internal.token): internal subjects too"),
-             Role(OBSERVER, OBSERVER_PERMISSIONS, "teebus status/events/bus sub: read only")]
+             Role(OBSERVER, observer_permissions(systems),
+                  "teebus status/events/bus sub: read only; no replies, no internal subjects")]
     for manifest in systems:
         roles.append(Role(manifest.role, component_permissions(manifest), f"the {manifest.name} components"))
         roles.extend(Role(manifest.role_name(extra), extra.permissions, extra.description)

@@ -18,7 +18,7 @@ from teebus.catalog import Catalog
 from teebus.settings import DEFAULT_NATS_PORT, LOG_LEVELS, Settings, build, layered, parse_port_overrides, \
     read_file
 
-SYSTEM_VERBS = "system_verbs"   # set by a system's `register`: async (args) -> exit status
+SYSTEM_VERBS = "system_verbs"   # set by a system's `register`: async (args, settings) -> exit status
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -70,10 +70,14 @@ def build_parser(catalog: Catalog) -> argparse.ArgumentParser:
 
     bus = commands.add_parser("bus", help="debug the bus as with the nats CLI")
     bus_commands = bus.add_subparsers(dest="bus_command", required=True)
-    sub = bus_commands.add_parser("sub", help="print messages on SUBJECT (wildcards allowed)")
+    sub = bus_commands.add_parser("sub", help="print messages on SUBJECT (wildcards allowed)",
+                                  description="As the observer role, which sees the systems' external "
+                                  "subjects, events and discovery, but never replies or internal subjects: "
+                                  "looking at those (they may carry secrets) is an admin's act, --admin.")
     _common(sub)
     sub.add_argument("subject")
     sub.add_argument("--count", type=int, help="stop after this many messages")
+    sub.add_argument("--admin", action="store_true", help="subscribe as admin: replies and internal subjects too")
     req = bus_commands.add_parser("req", help="send DATA (JSON text) to SUBJECT and print the reply")
     _common(req)
     req.add_argument("subject")
@@ -152,7 +156,8 @@ async def dispatch(args: argparse.Namespace, catalog: Catalog, settings: Setting
         since = tools.parse_since(args.since) if args.since else None
         return await _with_client(settings, "observer", lambda c: _exported(c, since, args))
     if args.command == "bus" and args.bus_command == "sub":
-        return await _with_client(settings, "observer", lambda c: tools.subscribe(c, args.subject, args.count))
+        role = "admin" if args.admin else "observer"
+        return await _with_client(settings, role, lambda c: tools.subscribe(c, args.subject, args.count))
     if args.command == "bus":
         content_type = headers.CBOR if args.cbor else headers.OCTETS if args.raw else headers.JSON
         return await _with_client(settings, "admin",

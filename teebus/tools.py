@@ -72,7 +72,8 @@ def print_roles(systems: tuple[Manifest, ...], out: TextIO | None = None) -> int
 
 def format_message(msg: Msg) -> str:
     hdrs = msg.headers or {}
-    shown = " ".join(f"{k}={v}" for k, v in hdrs.items() if k != headers.CONTENT_TYPE)
+    shown = " ".join(f"{k}={'<secret>' if k == headers.PAYLOAD_KEY else v}" for k, v in hdrs.items()
+                     if k != headers.CONTENT_TYPE)
     return f"[{msg.subject}]{' ' + shown if shown else ''}\n{render_payload(msg.data, hdrs)}"
 
 

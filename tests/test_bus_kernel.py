@@ -16,7 +16,6 @@ from bus import codec, events, headers
 from bus.component import Component, Context, Endpoint, Incoming, Outgoing
 from bus.errors import BadRequest, Conflict, NotFound, Timeout, Unavailable, Unprocessable
 from bus.records import Records
-from nats.js.errors import NotFoundError
 from bus.requester import Requester
 from tests.conftest import eventually
 
@@ -126,17 +125,34 @@ async def test_20mb_payload_travels_through_the_object_store(start_component, co
     reply = await Requester(client, timeout=30).request("kerneltest.testecho.bytes", body,
                                                         content_type=headers.OCTETS)
     assert hashlib.sha256(reply.payload).digest() == hashlib.sha256(body).digest()
-    store = await client.jetstream().object_store("teebus_payloads")
-    # both hops (request and reply) went through the store, and each receiver deleted its object
-    await eventually(lambda: _live_objects(store), timeout=10)
+    assert reply.headers[headers.PAYLOAD_REF] and reply.headers[headers.PAYLOAD_KEY]   # the reply went there too
+    store = await (await connect_as("admin")).jetstream().object_store("teebus_payloads")
+    resting = await store.get(reply.headers[headers.PAYLOAD_REF])
+    assert len(resting.data) == len(body) + 12 + 16 and resting.data[12:12 + 64] != body[:64]  # sealed at rest
 
 
-async def _live_objects(store) -> bool:
-    """True when the payload bucket holds no live object."""
-    try:
-        return not await store.list(ignore_deletes=True)
-    except NotFoundError:  # nats-py's answer for an empty bucket
-        return True
+async def test_a_stored_payload_opens_only_with_its_key_and_only_admin_purges(connect_as):
+    from bus.payloads import Payloads
+
+    violations: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        violations.append(str(exc).lower())
+
+    sender = Payloads(await connect_as("adapter", error_cb=on_error))
+    hdrs: dict[str, str] = {}
+    body = os.urandom(9 * MB)
+    assert await sender.pack(body, hdrs) == b""
+    receiver = Payloads(await connect_as("kerneltest"))
+    assert await receiver.unpack(b"", dict(hdrs)) == body
+    with pytest.raises(Unavailable, match="does not open"):
+        await receiver.unpack(b"", {**hdrs, headers.PAYLOAD_KEY: "AAAAAAAAAAAAAAAAAAAAAA=="})
+    with pytest.raises(Unavailable, match="does not open"):
+        await receiver.unpack(b"", {headers.PAYLOAD_REF: hdrs[headers.PAYLOAD_REF]})
+    store = await sender._bucket()
+    with pytest.raises(Exception):
+        await asyncio.wait_for(store.delete(hdrs[headers.PAYLOAD_REF]), 3)   # purging is the owner's
+    await eventually(lambda: any("purge.obj_teebus_payloads" in v for v in violations))
 
 
 async def test_records_compare_and_set(connect_as):

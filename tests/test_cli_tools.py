@@ -129,44 +129,44 @@ async def _subscribed(client, subject: str, count: int) -> tuple[asyncio.Task, i
 async def test_sub_renders_json_cbor_and_octets(connect_as):
     observer = await connect_as("observer")
     admin = await connect_as("admin")
-    task, out = await _subscribed(observer, "conclave.tooltest.>", 4)
+    task, out = await _subscribed(observer, "kerneltest.tooltest.>", 4)
 
-    await admin.publish("conclave.tooltest.json", b'{"kept":  "as sent", "n": 1}',
+    await admin.publish("kerneltest.tooltest.json", b'{"kept":  "as sent", "n": 1}',
                         headers={headers.CONTENT_TYPE: headers.JSON, headers.REQUEST_ID: "rid-1"})
-    await admin.publish("conclave.tooltest.cbor", cbor2.dumps({"a": 1, "b": b"\x01\x02", "c": [True, None]}),
+    await admin.publish("kerneltest.tooltest.cbor", cbor2.dumps({"a": 1, "b": b"\x01\x02", "c": [True, None]}),
                         headers={headers.CONTENT_TYPE: headers.CBOR})
-    await admin.publish("conclave.tooltest.raw", b"\x00\x01\xff", headers={headers.CONTENT_TYPE: headers.OCTETS})
-    await admin.publish("conclave.tooltest.big", bytes(range(100)), headers={headers.CONTENT_TYPE: headers.OCTETS})
+    await admin.publish("kerneltest.tooltest.raw", b"\x00\x01\xff", headers={headers.CONTENT_TYPE: headers.OCTETS})
+    await admin.publish("kerneltest.tooltest.big", bytes(range(100)), headers={headers.CONTENT_TYPE: headers.OCTETS})
     await asyncio.wait_for(task, 5)  # returns by itself after `count` messages
 
     assert out.getvalue() == (
-        '[conclave.tooltest.json] Teebus-Request-Id=rid-1\n{"kept":  "as sent", "n": 1}\n'
-        '[conclave.tooltest.cbor]\n{"a": 1, "b": h\'0102\', "c": [true, null]}\n'
-        "[conclave.tooltest.raw]\n<3 bytes: 0001ff>\n"
-        f"[conclave.tooltest.big]\n<100 bytes: {bytes(range(64)).hex()}...>\n")
+        '[kerneltest.tooltest.json] Teebus-Request-Id=rid-1\n{"kept":  "as sent", "n": 1}\n'
+        '[kerneltest.tooltest.cbor]\n{"a": 1, "b": h\'0102\', "c": [true, null]}\n'
+        "[kerneltest.tooltest.raw]\n<3 bytes: 0001ff>\n"
+        f"[kerneltest.tooltest.big]\n<100 bytes: {bytes(range(64)).hex()}...>\n")
 
 
 async def test_sub_shows_undecodable_payloads_as_bytes(connect_as):
     observer = await connect_as("observer")
     admin = await connect_as("admin")
-    task, out = await _subscribed(observer, "conclave.tooltest.bad", 2)
-    await admin.publish("conclave.tooltest.bad", b"\xa1", headers={headers.CONTENT_TYPE: headers.CBOR})
-    await admin.publish("conclave.tooltest.bad", b"\xff\xfe")  # no header: JSON by default, not UTF-8
+    task, out = await _subscribed(observer, "kerneltest.tooltest.bad", 2)
+    await admin.publish("kerneltest.tooltest.bad", b"\xa1", headers={headers.CONTENT_TYPE: headers.CBOR})
+    await admin.publish("kerneltest.tooltest.bad", b"\xff\xfe")  # no header: JSON by default, not UTF-8
     await asyncio.wait_for(task, 5)
-    assert out.getvalue() == ("[conclave.tooltest.bad]\n<1 bytes: a1>\n"
-                              "[conclave.tooltest.bad]\n<2 bytes: fffe>\n")
+    assert out.getvalue() == ("[kerneltest.tooltest.bad]\n<1 bytes: a1>\n"
+                              "[kerneltest.tooltest.bad]\n<2 bytes: fffe>\n")
 
 
 async def test_sub_count_is_an_upper_bound_even_for_a_burst(connect_as):
     observer = await connect_as("observer")
     admin = await connect_as("admin")
-    task, out = await _subscribed(observer, "conclave.tooltest.burst", 2)
+    task, out = await _subscribed(observer, "kerneltest.tooltest.burst", 2)
     for i in range(5):  # all five are queued before the subscriber can unsubscribe
-        await admin.publish("conclave.tooltest.burst", b"%d" % i)
+        await admin.publish("kerneltest.tooltest.burst", b"%d" % i)
     await admin.flush()
     await asyncio.wait_for(task, 5)
     await asyncio.sleep(0.1)
-    assert out.getvalue() == "[conclave.tooltest.burst]\n0\n[conclave.tooltest.burst]\n1\n"
+    assert out.getvalue() == "[kerneltest.tooltest.burst]\n0\n[kerneltest.tooltest.burst]\n1\n"
 
 
 # --- teebus bus req -----------------------------------------------------------------------------

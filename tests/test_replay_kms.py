@@ -35,7 +35,7 @@ async def replay_into_fresh_kms(start_component, connect_as, tmp_path: Path) -> 
     async def run(recording: Recording) -> ReplayReport:
         await start_component(KmsComponent, tmp_path / "kms-replay")
         client: Client = await connect_as("mesatee")  # KMS subjects are internal
-        return await replay(recording, client, await connect_as("observer"), KMS_NORMALISER)
+        return await replay(recording, client, await connect_as("admin"), KMS_NORMALISER)
 
     return run
 
@@ -178,6 +178,6 @@ async def test_recorder_records_a_live_scenario(connect_as, start_component, tmp
 
     # Freshly recorded traffic replays green too (its own fresh KMS, another master key).
     await start_component(KmsComponent, tmp_path / "kms-replay")
-    report = await replay(recording, await connect_as("mesatee"), await connect_as("observer"), KMS_NORMALISER)
+    report = await replay(recording, await connect_as("mesatee"), await connect_as("admin"), KMS_NORMALISER)
     report.assert_green()
 

@@ -81,3 +81,48 @@ def test_cli_help_loads_no_runtime():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert result.stderr.strip().splitlines()[-1] == "[]"
     assert "enarx" in result.stdout and "mesatee" in result.stdout   # the systems' own verbs are listed
+
+
+async def _subscribe_refused(connect_as, role: str, subject: str) -> bool:
+    violations: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        violations.append(str(exc).lower())
+
+    client = await connect_as(role, error_cb=on_error)
+    await client.subscribe(subject)
+    await client.flush()
+    await eventually(lambda: violations)
+    return any("permissions violation for subscription" in v and subject.lower() in v for v in violations)
+
+
+@pytest.mark.parametrize("role,subject", [
+    ("adapter", "_INBOX.>"), ("adapter", "_INBOX.gateway.>"), ("gateway", "_INBOX.adapter.>"),
+    ("mesatee", "_INBOX.gateway.>"), ("enarx", "_INBOX.mesatee.>"),
+    ("observer", "_INBOX.>"), ("observer", "mesatee.kms.internal.>"), ("observer", "$O.teebus_payloads.>"),
+    ("observer", "$KV.mesatee_kms_keys.>"), ("adapter", "$O.teebus_payloads.>"),
+])
+async def test_no_role_reads_another_roles_replies_or_what_is_not_its_own(connect_as, role, subject):
+    assert await _subscribe_refused(connect_as, role, subject)
+
+
+async def test_a_kms_reply_to_the_gateway_reaches_only_the_gateway(start_component, connect_as):
+    await start_component(KmsComponent)
+    gateway = await connect_as("gateway")
+    assert gateway._inbox_prefix.decode().startswith(roles.inbox_prefix("gateway"))  # set by bus.connection
+    watcher = await connect_as("admin")
+    seen: list[str] = []
+
+    async def record(msg) -> None:
+        seen.append(msg.subject)
+
+    await watcher.subscribe("_INBOX.>", cb=record)
+    await watcher.flush()
+    await Requester(gateway).request(mesatee.kms("Create"), {"type": "Create"})
+    await eventually(lambda: any(subject.startswith("_INBOX.gateway.") for subject in seen))
+    # the reply came to the gateway's prefix; the KMS's own JetStream acks to the mesatee role's
+    assert {s.split(".")[1] for s in seen if s.startswith("_INBOX.")} <= {"gateway", "mesatee"}, seen
+    observer = await connect_as("observer")
+    await observer.subscribe("events.>")       # what an observer is for still works
+    await observer.subscribe("mesatee.>")
+    await observer.flush()

@@ -27,7 +27,7 @@ def permissions(kuuid: str) -> dict[str, Any]:
     return {
         "publish": {"allow": [subjects.keep(kuuid), subjects.workload(kuuid), subjects.report(kuuid),
                               *payloads.PUBLISH_PERMISSIONS]},
-        "subscribe": {"allow": [f"{inbox_prefix(kuuid)}.>", "$SRV.>", *payloads.SUBSCRIBE_PERMISSIONS,
+        "subscribe": {"allow": [f"{inbox_prefix(kuuid)}.>", "$SRV.>",
                                 subjects.keep(kuuid), subjects.workload(kuuid),
                                 subjects.control("*", kuuid)]},
         "allow_responses": True,

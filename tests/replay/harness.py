@@ -297,7 +297,7 @@ async def replay(recording: Recording, client: Client, observer: Client, normali
     """Replay `recording` through `client`, watch the bus with `observer`, return the report.
 
     `client` must be allowed to request the recorded subjects (e.g. the "component" role for
-    internal ones); `observer` must be allowed to subscribe to `>` (the "observer" role).
+    internal ones); `observer` must be allowed to subscribe to `>` (the "admin" role: replies and internal subjects are hidden from the observer role).
     """
     checker = Checker(normaliser, Bindings())
     replayer = Replayer(client, checker, timeout)

@@ -73,7 +73,7 @@ async def record_kms(connect_as: Connect, component_dir: Path) -> Recording:
     await component.start()
     try:
         driver = Requester(await connect_as("mesatee"))  # KMS subjects are internal: components only
-        async with Recorder(await connect_as("observer"), SCENARIO,
+        async with Recorder(await connect_as("admin"), SCENARIO,
                             meta={"recorded_with": "python -m tests.replay.record_kms"}) as recorder:
             await drive_kms_scenario(driver)
     finally:

@@ -1,6 +1,6 @@
 """Record a scenario's bus traffic into a replayable `Recording` (format: tests/replay/recording.py).
 
-    observer = await connect_as("observer")          # the role that may subscribe to `>`
+    observer = await connect_as("admin")    # replies and internal subjects: only admin may watch them
     async with Recorder(observer, "kms") as recorder:
         ... drive the scenario over the bus ...
     recorder.recording.dump(path)                     # JSON lines, one exchange/event per line
