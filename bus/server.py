@@ -19,6 +19,7 @@ from bus.roles import Role, all_roles
 
 _log = log.get_logger("bus.server")
 READY_TIMEOUT = 15.0
+TERM_REPEAT = 0.25   # seconds between SIGTERMs while the server has not exited (see `stop`)
 DEFAULT_CONF = Path(__file__).resolve().parent.parent / "nats.conf"   # server settings, beside bus/
 
 
@@ -145,17 +146,36 @@ class EmbeddedServer:
         return "; ".join(errors[-3:]) or text[-500:] or "no log output"
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Ask the server to shut down (SIGTERM flushes JetStream), kill it if it does not."""
+        """Ask the server to shut down (SIGTERM flushes JetStream), kill it only if it will not.
+
+        nats-server traps signals into a channel that holds one: a SIGTERM that arrives while it is
+        busy with a reload (SIGHUP, sent whenever a dynamic user comes or goes) can be dropped. So the
+        request is repeated every `TERM_REPEAT` seconds until the server exits.
+        """
         process, self._process = self._process, None
         if process is None or process.returncode is not None:
             return
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), timeout)
-        except asyncio.TimeoutError:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                process.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                break
+            try:
+                await asyncio.wait_for(process.wait(), min(TERM_REPEAT, max(0.0, deadline - time.monotonic())))
+                break
+            except asyncio.TimeoutError:
+                continue
+        else:
+            _log.warning("nats-server did not stop in time; killing it", timeout=timeout)
             process.kill()
-            await process.wait()
-        _log.info("nats-server stopped", url=self.url)
+        await process.wait()
+        _log.info("nats-server stopped", url=self.url, code=process.returncode)
+
+    async def wait(self) -> int | None:
+        """Until the server process exits (its return code); None when none was started."""
+        process = self._process
+        return None if process is None else await process.wait()
 
     @property
     def pid(self) -> int | None:

@@ -138,8 +138,10 @@ async def dispatch(args: argparse.Namespace, catalog: Catalog, settings: Setting
     from teebus import launcher, tools  # the runtime: not needed to parse or print help
 
     if args.command == "up":
-        await launcher.serve_until_signalled(launcher.Deployment(settings, catalog))
-        return 0
+        failure = await launcher.serve_until_signalled(launcher.Deployment(settings, catalog))
+        if failure:
+            print(f"teebus: {failure}", file=sys.stderr)
+        return 1 if failure else 0
     if args.command == "run":
         if settings.embedded:
             raise SystemExit("teebus run joins an existing bus: pass --nats URL (teebus up prints it)")

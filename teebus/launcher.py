@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client
@@ -21,12 +22,14 @@ from bus.connection import connect
 from bus.credentials import ensure_secret_file
 from bus.manifest import Manifest, load
 from bus.requester import Requester
-from bus.server import EmbeddedServer
+from bus.server import EmbeddedServer, ServerError
 from teebus import systems
 from teebus.catalog import Catalog
 from teebus.settings import Settings
 
 _log = log.get_logger("teebus")
+RESTART_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)   # after the embedded server's 1st, 2nd, ... exit
+RESTART_WINDOW = 60.0                        # more exits than delays within this many seconds: give up
 
 
 def default_catalog() -> Catalog:
@@ -119,8 +122,7 @@ class Node:
         self.components.clear()
         self._requesters.clear()
         for client in reversed(self._clients):
-            if not client.is_closed:
-                await client.drain()
+            await _close(client)
         self._clients.clear()
 
     async def __aenter__(self) -> "Node":
@@ -138,14 +140,35 @@ class Node:
         return bound
 
 
+async def _close(client: Client) -> None:
+    """Drain a connection (its queued replies go out); a connection the bus dropped is just closed."""
+    if client.is_closed:
+        return
+    try:
+        await asyncio.wait_for(client.drain(), 5.0)
+    except Exception:  # not connected, or the bus is gone: nothing left to flush
+        try:
+            await client.close()
+        except Exception as exc:
+            _log.info("connection closed uncleanly", client=client.options.get("name"), error=str(exc))
+
+
 @dataclass
 class Deployment:
-    """`teebus up`: the embedded server (unless joining one) and every component and adapter."""
+    """`teebus up`: the embedded server (unless joining one) and every component and adapter.
+
+    The embedded server is supervised: if it exits, it is started again on the same data directory
+    (after RESTART_DELAYS) and the components' connections reconnect by themselves; if it keeps
+    exiting, `failure` says why and `ended` is set, so `teebus up` stops everything and exits 1.
+    """
 
     settings: Settings
     catalog: Catalog = field(default_factory=default_catalog)
     server: EmbeddedServer | None = None
     node: Node | None = None
+    failure: str | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    _supervisor: asyncio.Task | None = None
 
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -161,8 +184,35 @@ class Deployment:
         except BaseException:
             await self.stop()
             raise
+        if self.server is not None:
+            self._supervisor = asyncio.create_task(self._supervise(self.server), name="nats-server supervisor")
+
+    async def _supervise(self, server: EmbeddedServer) -> None:
+        exits: list[float] = []
+        while True:
+            code = await server.wait()
+            now = time.monotonic()
+            exits = [moment for moment in exits if now - moment < RESTART_WINDOW] + [now]
+            if len(exits) > len(RESTART_DELAYS):
+                self.failure = (f"the embedded nats-server exited {len(exits)} times within {RESTART_WINDOW:g}s "
+                                f"(last code {code}); stopping everything. Its log: {server.log_path}")
+                _log.error("nats-server keeps exiting; stopping", exits=len(exits), code=code)
+                self.ended.set()
+                return
+            delay = RESTART_DELAYS[len(exits) - 1]
+            _log.error("nats-server exited; restarting it", code=code, delay=delay)
+            await asyncio.sleep(delay)
+            try:
+                await server.start()
+                _log.warning("nats-server restarted; connections resume", pid=server.pid)
+            except ServerError as exc:
+                _log.error("nats-server did not restart", error=str(exc))
 
     async def stop(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
+            self._supervisor = None
         if self.node is not None:
             await self.node.stop()
             self.node = None
@@ -184,13 +234,15 @@ class Deployment:
         return bound
 
 
-async def serve_until_signalled(runnable: Deployment | Node, banner: bool = True) -> None:
-    """Start, print what listens where, and stop cleanly on SIGINT/SIGTERM."""
+async def serve_until_signalled(runnable: Deployment | Node, banner: bool = True) -> str | None:
+    """Start, print what listens where, and stop cleanly on SIGINT/SIGTERM, or when a Deployment
+    cannot go on; returns why it could not (None after a signal)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await runnable.start()
+    watcher = loop.create_task(_forward(runnable.ended, stop)) if isinstance(runnable, Deployment) else None
     try:
         if banner:
             width = max(len(name) for name in runnable.listening())
@@ -201,4 +253,12 @@ async def serve_until_signalled(runnable: Deployment | Node, banner: bool = True
         await stop.wait()
     finally:
         _log.info("stopping")
+        if watcher is not None:
+            watcher.cancel()
         await runnable.stop()
+    return getattr(runnable, "failure", None)
+
+
+async def _forward(event: asyncio.Event, to: asyncio.Event) -> None:
+    await event.wait()
+    to.set()

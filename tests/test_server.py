@@ -89,3 +89,42 @@ def test_secret_files_readable_by_others_are_refused(tmp_path, name):
     path.chmod(0o644)
     with pytest.raises(PermissionError, match=f"chmod 600 {path}"):
         credentials.load(tmp_path) if name == credentials.FILE_NAME else credentials.ensure_secret_file(path)
+
+
+async def test_stop_is_prompt_and_clean_while_reloads_keep_coming(tmp_path):
+    """A SIGTERM can be lost behind reload SIGHUPs (one per keep user removed at shutdown)."""
+    import asyncio
+    import os
+    import signal
+    import time
+
+    running = EmbeddedServer(CONF, tmp_path, port=free_port())
+    await running.start()
+    pid = running.pid
+    # a reload re-checks every connected client's password (bcrypt): with clients connected each
+    # one is slow, which is when a SIGTERM gets lost
+    clients = [await connect(running.url, "observer", passwords=running.passwords, max_reconnect_attempts=0)
+               for _ in range(8)]
+    stop_hups = asyncio.Event()
+
+    async def hangups() -> None:
+        while not stop_hups.is_set():
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                return
+            await asyncio.sleep(0.002)
+
+    hammer = asyncio.create_task(hangups())
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    asyncio.get_running_loop().call_later(0.5, stop_hups.set)   # the last keeps' users go meanwhile
+    await running.stop(timeout=10)
+    took = time.monotonic() - started
+    stop_hups.set()
+    await hammer
+    for client in clients:
+        await client.close()
+    log = (tmp_path / "nats-server.log").read_text()
+    assert took < 3.0, took
+    assert log.count('Trapped "hangup"') >= 2 and "Server Exiting" in log and not running.running
