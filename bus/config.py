@@ -46,7 +46,8 @@ def _optional(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
-def _check(value: Any, hint: Any, where: str) -> Any:
+def _check(value: Any, hint: Any, where: str, table: str = "") -> Any:
+    """`value` as the field type `hint` asks; `where` names it in errors, `table` is its dotted path."""
     inner, nullable = _optional(hint)
     if value is None:
         if nullable:
@@ -58,7 +59,7 @@ def _check(value: Any, hint: Any, where: str) -> Any:
             return value
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where} is a table of options, not {value!r}")
-        return from_mapping(inner, value, where)
+        return from_mapping(inner, value, table or where)
     if inner is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, not {value!r}")
@@ -102,7 +103,8 @@ def from_mapping(cls: type, values: Mapping[str, Any], section: str) -> Any:
         raise ConfigError(f"[{section}] has no option {unknown[0]!r}; its options are: "
                           f"{', '.join(sorted(fields))}")
     hints = _hints(cls)
-    checked = {name: _check(value, hints[name], f"[{section}] {name}") for name, value in values.items()}
+    checked = {name: _check(value, hints[name], f"[{section}] {name}", f"{section}.{name}")
+               for name, value in values.items()}
     try:
         return cls(**checked)
     except (TypeError, ValueError) as exc:
@@ -170,7 +172,7 @@ def add_arguments(group: argparse._ArgumentGroup, cls: type, section: str) -> No
         else:
             kind = {int: int, float: float}.get(inner, str)
             group.add_argument(meta[_FLAG], type=kind, dest=_dest(section, path),
-                               metavar=meta.get(_METAVAR), help=help_text)
+                               metavar=meta.get(_METAVAR) or path[-1].upper(), help=help_text)
 
 
 def from_arguments(cls: type, section: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -55,12 +55,13 @@ def _external_caller(role: str, systems: Iterable[Manifest], deny_internal: bool
 def component_permissions(manifest: Manifest) -> dict[str, Any]:
     """A system's components: its subjects, its events, its buckets, the payload bucket."""
     buckets = [subject for bucket in manifest.buckets for subject in records.bucket_permissions(bucket)]
+    publish = list(dict.fromkeys([f"{manifest.name}.>", events.publish_permission(manifest.name),
+                                  *buckets, *payloads.PUBLISH_PERMISSIONS, INBOXES]))   # each once
     return {
         # INBOXES: the response permission `allow_responses` grants does not survive a configuration
         # reload (nats-server re-evaluates permissions on every SIGHUP, and bus/users.py reloads
         # whenever a dynamic user comes or goes), so a reply sent after one would be refused.
-        "publish": {"allow": [f"{manifest.name}.>", events.publish_permission(manifest.name),
-                              *buckets, *payloads.PUBLISH_PERMISSIONS, INBOXES]},
+        "publish": {"allow": publish},
         "subscribe": {"allow": [f"{manifest.name}.>", "$SRV.>", own_inbox(manifest.role)]},
         "allow_responses": True,
     }

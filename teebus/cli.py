@@ -60,6 +60,7 @@ def build_parser(catalog: Catalog) -> argparse.ArgumentParser:
     shown = commands.add_parser("config", help="print the effective configuration as TOML (secrets hidden)")
     _common(shown)
     shown.add_argument("--nats-port", type=int)
+    shown.add_argument("--nats-conf", type=Path)
     _deployment(shown, catalog)
 
     listed = commands.add_parser("roles", help="print every NATS role and its subject permissions")

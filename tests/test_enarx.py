@@ -348,6 +348,28 @@ async def test_shutdown_stops_the_process_removes_the_socket_and_records_it(enar
         await enarx.client.deploy(keep, wat("hello"))
 
 
+async def test_a_keep_whose_client_never_begins_the_handshake_ends(enarx_factory):
+    enarx = await enarx_factory(evidence_timeout=1.0)
+    nil = next(c for c in await enarx.client.contracts() if c["backend"] == "Nil")
+    keep = await enarx.client.new_keep(nil)
+    pid = (await _record(enarx, keep))["pid"]
+    await eventually(lambda: _state(enarx, keep["kuuid"], "Error"), timeout=10)
+    assert "no 'request-evidence' within 1s" in (await enarx.client.keep(keep["kuuid"]))["error"]
+    await eventually(lambda: not keep_processes.is_alive(pid, kuuid_text(keep["kuuid"])), timeout=10)
+
+
+async def test_live_keeps_are_bounded_per_client(enarx_factory):
+    enarx = await enarx_factory(max_keeps_per_client=2)
+    first = await enarx.ready_keep()
+    await enarx.ready_keep()
+    nil = next(c for c in await enarx.client.contracts() if c["backend"] == "Nil")
+    with pytest.raises(EnarxError) as refused:
+        await enarx.client.new_keep(nil)
+    assert refused.value.status == 503 and "max_keeps_per_client" in refused.value.details
+    await enarx.client.shutdown(first["kuuid"])
+    assert (await enarx.client.new_keep(nil))["state"] == "Indeterminate"   # the same contract, now room
+
+
 async def test_a_handshake_that_stalls_ends_the_keep(enarx_factory):
     enarx = await enarx_factory(handshake_timeout=0.5)
     nil = next(c for c in await enarx.client.contracts() if c["backend"] == "Nil")

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from bus.errors import BadRequest, TooLarge, Unavailable
+from bus.config import add_arguments, from_arguments, from_mapping
+from bus.errors import BadRequest, TooLarge, Unavailable, Unprocessable
+from components.enarx.wasm_cache import DiskCache
 from components.enarx.wasm_runner import Limits, RunRequest, RunResult, WasmRunner
-from tests.wasm_modules import padded, wat
+from tests.wasm_modules import expensive_to_compile, many_memories, padded, wat
 
 MakeRunner = Callable[..., WasmRunner]
 
@@ -286,3 +290,172 @@ def test_limits_from_overrides() -> None:
 def test_limits_that_could_never_stop_a_workload_are_refused(overrides):
     with pytest.raises(ValueError, match="deadline_seconds|fuel"):
         Limits.from_overrides(overrides)
+
+
+# --- the workload's total memory (issue 9, item 10) ------------------------------------------
+
+
+@pytest.mark.parametrize("count, pages, touch", [(2, 1, False), (4, 4000, True), (40, 4000, False)])
+def test_more_than_one_memory_is_refused_before_running(make_runner: MakeRunner, count: int,
+                                                        pages: int, touch: bool) -> None:
+    # Was: 4 x 250 MiB all touched ran to exit 0 at ~1 GB; 40 x 250 MiB were addressable.
+    runner = make_runner()
+    with pytest.raises(BadRequest, match="more than one linear memory"):
+        runner.run(RunRequest(many_memories(count, pages, touch)))
+    assert_hello(runner)
+
+
+@pytest.mark.parametrize("name, match", [("memory64", "64-bit memory"),
+                                         ("shared_memory", "shared memory")])
+def test_memory_kinds_not_served_are_refused(make_runner: MakeRunner, name: str, match: str) -> None:
+    with pytest.raises(BadRequest, match=match):
+        run(make_runner(), name)
+
+
+def test_more_than_one_table_is_refused(make_runner: MakeRunner) -> None:
+    with pytest.raises(BadRequest, match="declares 2 tables.*max_table_elements"):
+        run(make_runner(), "two_tables")
+
+
+def test_initial_table_over_cap_stopped_as_memory(make_runner: MakeRunner) -> None:
+    runner = make_runner(max_table_elements=1000)
+    result = run(runner, "big_table")   # asks for 5000 elements
+    assert (result.exit_code, result.stopped) == (None, "memory")
+    assert "5,000 elements" in result.details and "max_table_elements" in result.details
+    assert_hello(runner)
+
+
+def test_table_cannot_grow_past_cap(make_runner: MakeRunner) -> None:
+    assert run(make_runner(max_table_elements=1000), "table_grower").exit_code == 1  # refused
+    assert run(make_runner(max_table_elements=10_000), "table_grower").exit_code == 0
+
+
+# --- compiling is bounded (issue 9, item 11) ----------------------------------------------
+
+
+def test_compile_over_its_memory_ceiling_is_refused(make_runner: MakeRunner) -> None:
+    runner = make_runner(compile_memory_bytes=64 * 1024 * 1024)
+    wasm = expensive_to_compile(400_000)   # ~375 MB to compile
+    with pytest.raises(Unprocessable, match="more than 64 MiB.*compile_memory_bytes") as refused:
+        runner.run(RunRequest(wasm))
+    assert refused.value.status == 422
+    result = run(runner, "echo", args=["next"])   # compiled afresh, same ceiling
+    assert (result.exit_code, result.stdout, result.cached) == (1, b"next\n", False)
+
+
+def test_compile_over_its_deadline_is_killed_and_refused(make_runner: MakeRunner) -> None:
+    # ~7 s in process; a generous memory ceiling so that the deadline is what stops it.
+    runner = make_runner(compile_seconds=1.0, compile_memory_bytes=8 * 1024 ** 3)
+    started = time.monotonic()
+    with pytest.raises(Unprocessable, match="longer than 1 s.*compile_seconds"):
+        runner.run(RunRequest(expensive_to_compile(1_000_000)))
+    assert time.monotonic() - started < 3.0
+    result = run(runner, "echo", args=["next"])
+    assert (result.exit_code, result.stdout, result.cached) == (1, b"next\n", False)
+
+
+def test_refused_compile_is_not_cached(make_runner: MakeRunner, tmp_path: Path) -> None:
+    runner = make_runner(cache_dir=tmp_path / "cache", compile_memory_bytes=64 * 1024 * 1024)
+    wasm = expensive_to_compile(400_000)
+    for _ in range(2):
+        with pytest.raises(Unprocessable):
+            runner.run(RunRequest(wasm))
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_compile_errors_name_the_cause(make_runner: MakeRunner) -> None:
+    import wasmtime
+    wasm = wasmtime.wat2wasm('(module (func (export "_start") (drop)))')
+    with pytest.raises(BadRequest, match="not a valid wasm module: .*type mismatch"):
+        make_runner().run(RunRequest(bytes(wasm)))
+
+
+# --- the disk cache is bounded (issue 9, item 12) -----------------------------------------
+
+
+def _age(path: Path, seconds: float) -> None:
+    when = time.time() - seconds
+    os.utime(path, (when, when))
+
+
+def _keys(cache_dir: Path) -> set[str]:
+    return {path.stem for path in cache_dir.glob("*.cwasm")}
+
+
+def test_disk_cache_trims_least_recently_used_to_its_size(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path, max_bytes=250)
+    for age, key in ((30, "a"), (20, "b")):
+        cache.store(key, b"x" * 100)
+        _age(cache.path(key), age)
+    assert cache.load("a") == b"x" * 100           # a hit: "a" is now the most recent
+    cache.store("c", b"x" * 100)                   # 300 > 250: the least recently used goes
+    assert _keys(tmp_path) == {"a", "c"}
+    cache.store("huge", b"x" * 251)                # larger than the whole cache: not kept
+    assert _keys(tmp_path) == {"a", "c"}
+
+
+def test_disk_cache_drops_entries_unused_for_its_age(tmp_path: Path) -> None:
+    week = 7 * 24 * 3600
+    cache = DiskCache(tmp_path, max_age_seconds=week)
+    cache.store("old", b"x")
+    cache.store("young", b"x")
+    _age(cache.path("old"), week + 60)
+    _age(cache.path("young"), week - 60)
+    stale_temp = tmp_path / ".dead.writer.tmp"
+    stale_temp.write_bytes(b"half")
+    _age(stale_temp, 2 * 3600)
+    DiskCache(tmp_path, max_age_seconds=week)      # trimmed when a cache opens ...
+    assert _keys(tmp_path) == {"young"} and not stale_temp.exists()
+    _age(cache.path("young"), week + 60)
+    cache.store("new", b"x")                       # ... and on every insert
+    assert _keys(tmp_path) == {"new"}
+
+
+def test_runner_bounds_its_disk_cache_by_its_limits(make_runner: MakeRunner, tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    first = make_runner(cache_dir=cache_dir)
+    run(first, "hello")
+    [hello] = cache_dir.glob("*.cwasm")
+    run(first, "echo")
+    [echo] = set(cache_dir.glob("*.cwasm")) - {hello}
+    _age(hello, 3600)
+    _age(echo, 30)
+    largest = max(hello.stat().st_size, echo.stat().st_size)
+    make_runner(cache_dir=cache_dir, max_cache_bytes=largest)   # by size, on start
+    assert not hello.exists() and echo.exists()
+    make_runner(cache_dir=cache_dir, max_cache_age_seconds=10.0)  # by age, on start
+    assert not echo.exists()
+
+
+# --- the new limits: defaults, validation, flags ------------------------------------------
+
+
+def test_new_limits_defaults() -> None:
+    limits = Limits()
+    assert (limits.compile_seconds, limits.compile_memory_bytes) == (30.0, 1024 ** 3)
+    assert (limits.max_cache_bytes, limits.max_cache_age_seconds) == (1024 ** 3, 7 * 24 * 3600.0)
+    assert limits.max_table_elements == 1_000_000
+
+
+@pytest.mark.parametrize("overrides, field_name", [
+    ({"compile_seconds": 0}, "compile_seconds"),
+    ({"compile_seconds": float("inf")}, "compile_seconds"),
+    ({"compile_memory_bytes": 1024}, "compile_memory_bytes"),
+    ({"compile_memory_bytes": 2.5e9}, "compile_memory_bytes"),
+    ({"max_cache_age_seconds": float("nan")}, "max_cache_age_seconds"),
+    ({"max_cache_bytes": -1}, "max_cache_bytes"),
+    ({"max_table_elements": -1}, "max_table_elements"),
+])
+def test_new_limits_are_validated(overrides: dict, field_name: str) -> None:
+    with pytest.raises(ValueError, match=f"{field_name} must"):
+        Limits.from_overrides(overrides)
+
+
+def test_new_limits_have_command_line_flags() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser.add_argument_group("enarx"), Limits, "limits")
+    args = parser.parse_args(["--wasm-compile-deadline", "5", "--wasm-compile-memory", "536870912",
+                              "--wasm-cache-size", "1000", "--wasm-cache-age", "60"])
+    limits = from_mapping(Limits, from_arguments(Limits, "limits", args), "limits")
+    assert (limits.compile_seconds, limits.compile_memory_bytes) == (5.0, 512 * 1024 * 1024)
+    assert (limits.max_cache_bytes, limits.max_cache_age_seconds) == (1000, 60.0)

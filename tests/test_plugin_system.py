@@ -208,3 +208,12 @@ def test_site_names_and_system_names_are_checked():
         Manifest("echo", "x", config=dict)
     with pytest.raises(ValueError, match="adapter kind 'grpc'"):
         AdapterSpec("grpc", "x:y")
+
+
+def test_a_nested_table_is_named_by_its_dotted_path(tmp_path, capsys):
+    from teebus.launcher import default_catalog
+
+    config_file = tmp_path / "teebus.toml"
+    config_file.write_text("[enarx.workload_limits]\nfuel = -1\n")
+    assert cli.main(["config", "--config", str(config_file)], catalog=default_catalog()) == 1
+    assert "[enarx.workload_limits] fuel must be a positive integer" in capsys.readouterr().err

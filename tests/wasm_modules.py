@@ -241,3 +241,82 @@ def padded(wasm: bytes, total: int, name: bytes = b"padding") -> bytes:
             section = b"\x00" + leb128(len(header) + payload) + header + b"\x00" * payload
             return wasm + section
     raise ValueError(f"cannot pad a {len(wasm)}-byte module to {total} bytes")
+
+
+# --- workloads that test the bounds on the whole workload and on compiling (issue 9, 10-11) ---
+
+TWO_TABLES = """
+(module
+  (table 1 funcref)
+  (table 1 funcref)
+  (memory (export "memory") 1)
+  (func (export "_start")))
+"""
+
+BIG_TABLE = """
+(module
+  (table 5000 funcref)
+  (memory (export "memory") 1)
+  (func (export "_start")))
+"""
+
+# Grows its table by 5000 elements; exits 1 if that was refused, 0 if it was granted.
+TABLE_GROWER = """
+(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (table $t 1 funcref)
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (call $proc_exit (i32.eq (table.grow $t (ref.null func) (i32.const 5000)) (i32.const -1)))))
+"""
+
+MEMORY64 = """
+(module
+  (memory (export "memory") i64 1)
+  (func (export "_start")))
+"""
+
+SHARED_MEMORY = """
+(module
+  (memory (export "memory") 1 2 shared)
+  (func (export "_start")))
+"""
+
+SOURCES.update({"two_tables": TWO_TABLES, "big_table": BIG_TABLE, "table_grower": TABLE_GROWER,
+                "memory64": MEMORY64, "shared_memory": SHARED_MEMORY})
+
+
+def many_memories(count: int, pages: int = 1, touch: bool = False) -> bytes:
+    """`count` memories of `pages` 64 KiB pages each, all filled by `_start` when `touch`."""
+    memories = " ".join(f"(memory $m{i} {pages})" for i in range(count))
+    fills = " ".join(f"(memory.fill $m{i} (i32.const 0) (i32.const 7) (i32.const {pages * 65536}))"
+                     for i in range(count)) if touch else ""
+    return bytes(wasmtime.wat2wasm(f'(module {memories} (export "memory" (memory $m0)) '
+                                   f'(func (export "_start") {fills}))'))
+
+
+def _section(section_id: int, payload: bytes) -> bytes:
+    return bytes([section_id]) + leb128(len(payload)) + payload
+
+
+def expensive_to_compile(body_bytes: int, locals_count: int = 100) -> bytes:
+    """One `_start` made of ~`body_bytes` of tiny blocks that each branch out and bump a local.
+
+    Written as binary (WAT of this size would be slow to assemble). Cranelift's cost grows faster
+    than the size here: 100 KB compiles in ~0.4 s to ~120 MB, 400 KB in ~2.4 s to ~375 MB,
+    1 MB in ~7 s to ~900 MB (wasmtime 50, in process).
+    """
+    body = bytearray()
+    i = 0
+    while len(body) < body_bytes:
+        local = leb128(i % locals_count)
+        # block; local.get; br_if 0; local.get; i32.const 1; i32.add; local.set; end
+        body += b"\x02\x40\x20" + local + b"\x0d\x00\x20" + local + b"\x41\x01\x6a\x21" + local + b"\x0b"
+        i += 1
+    code = b"\x01" + leb128(locals_count) + b"\x7f" + bytes(body) + b"\x0b"
+    return (b"\0asm\x01\x00\x00\x00"
+            + _section(1, b"\x01\x60\x00\x00")                          # type 0: [] -> []
+            + _section(3, b"\x01\x00")                                  # one function of type 0
+            + _section(5, b"\x01\x00\x01")                              # one memory, 1 page
+            + _section(7, b"\x01" + leb128(6) + b"_start" + b"\x00\x00")  # export func 0
+            + _section(10, b"\x01" + leb128(len(code)) + code))

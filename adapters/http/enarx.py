@@ -53,7 +53,7 @@ def keepmgr_routes(context: SiteContext) -> list[routes.Route]:
     async def new_keep(request: web.BaseRequest) -> web.Response:
         contract = await context.cbor(request, "a KeepContract")
         messages.parse_contract(contract)
-        reply = await bus.request(subjects.NEW_KEEP, {"contract": contract,
+        reply = await bus.request(subjects.NEW_KEEP, {"contract": contract, "client": request.remote,
                                                       "path_uuid": path_param(request, "uuid")},
                                   content_type=CBOR, timeout=NEW_KEEP_TIMEOUT)
         return web.Response(body=reply.data, content_type=CBOR)
@@ -95,14 +95,14 @@ def sites(ports: Mapping[str, int]) -> list[Site]:
 
 
 def wasmldr_site(kuuid: str, port: int, key_pem: bytes, certificate_pem: bytes, max_module_bytes: int,
-                 deadline_seconds: float) -> Site:
+                 work_seconds: float) -> Site:
     """One keep's wasmldr: HTTPS with the keep's own certificate, `POST /workload`."""
 
     def workload_routes(context: SiteContext) -> list[routes.Route]:
         # passed on as received: the wasmldr decodes and validates it once (a 64 MB module should
         # not be decoded twice in one process); oversized bodies stop at the site limit
         return [routes.forward("POST", "/workload", lambda _: subjects.workload(kuuid), content_type=CBOR,
-                               reply_type=CBOR, timeout=deadline_seconds + 60.0)]
+                               reply_type=CBOR, timeout=work_seconds + 60.0)]
 
     return Site(f"enarx-wasmldr-{kuuid}", port, "keepldr", workload_routes, render_error,
                 body_limit=2 * max_module_bytes + WORKLOAD_MARGIN, tls=tls_context(key_pem, certificate_pem))

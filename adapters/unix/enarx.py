@@ -9,13 +9,12 @@ so does an item larger than the limit, a partial item at end of stream, or an id
 from __future__ import annotations
 
 import asyncio
-import io
 
 import cbor2
 
 from adapters.unix.server import UnixServer
-from bus import log
-from bus.errors import BusError
+from bus import codec, log
+from bus.errors import BadRequest, BusError
 from bus.headers import OCTETS
 from bus.requester import Requester
 from components.enarx import messages, subjects
@@ -26,19 +25,13 @@ READ_CHUNK = 64 * 1024
 _log = log.get_logger("adapters.unix.enarx")
 
 
-class Incomplete(Exception):
-    """The buffer holds the start of an item, not all of it."""
+Incomplete = codec.Incomplete   # the buffer holds the start of an item, not all of it
 
 
 def split_item(buffer: bytes) -> tuple[bytes, bytes]:
-    """The first complete CBOR item in `buffer` and what follows it; Incomplete or a decode error."""
-    stream = io.BytesIO(buffer)
-    try:
-        cbor2.CBORDecoder(stream).decode()
-    except cbor2.CBORDecodeEOF:
-        raise Incomplete() from None
-    end = stream.tell()
-    return buffer[:end], buffer[end:]
+    """The first complete CBOR item in `buffer` and what follows it, decoded strictly as every CBOR
+    body is (bus/codec.py); Incomplete, or BadRequest when it does not decode."""
+    return codec.split_cbor(buffer)
 
 
 class KeepSocket:
@@ -66,9 +59,10 @@ class KeepSocket:
                     item, buffer = split_item(buffer) if buffer else (None, buffer)
                 except Incomplete:
                     item = None
-                except (cbor2.CBORDecodeError, ValueError, TypeError) as exc:
+                except BadRequest as exc:
                     await self._reply(writer, cbor2.dumps(messages.error(
-                        f"this is not CBOR ({exc}); the connection closes, reconnect and send one CBOR item")))
+                        f"this is not CBOR we accept ({exc.message}); the connection closes, reconnect and "
+                        "send one CBOR item")))
                     return
                 if item is not None:
                     await self._reply(writer, await self._forward(item))

@@ -20,10 +20,14 @@ class EnarxConfig:
         "--keep-loader", "platform keep loader for Kvm, Sev or Sgx (teebus ships only Nil's)",
         metavar="BACKEND=PATH"))
     dev_root: Path = Path("/")                # where the device probe looks for /dev/kvm, /dev/sgx ...
-    max_keeps: int = field(default=64, metadata=option("--max-keeps", "live keeps on this host (default 64)"))
+    max_keeps: int = field(default=64, metadata=option("--max-keeps", "live keeps on this host (default 64)",
+                                                       metavar="N"))
     max_ended_keeps: int = 1000               # Shutdown/Error records kept for GET /keeps; older go
     loader_start_timeout: float = 20.0        # keep loader process up and answering
+    evidence_timeout: float = 120.0           # keep started -> "request-evidence" received
     handshake_timeout: float = 120.0          # evidence sent -> "launch" received
+    max_keeps_per_client: int = field(default=16, metadata=option(
+        "--max-keeps-per-client", "live keeps one client address may hold (default 16)", metavar="N"))
     shutdown_timeout: float = 10.0            # keep loader gone after a shutdown request
     watch_interval: float = 1.0               # how often live keeps' processes are checked
     stop_keeps_on_exit: bool | None = None    # None: when the bus is teebus up's own (it ends with it)
@@ -36,10 +40,11 @@ class EnarxConfig:
                                  f"got {backend!r}")
         object.__setattr__(self, "keep_loaders",
                            {k: Path(v).expanduser().resolve() for k, v in self.keep_loaders.items()})
-        for name in ("max_keeps", "max_ended_keeps"):
+        for name in ("max_keeps", "max_ended_keeps", "max_keeps_per_client"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("loader_start_timeout", "handshake_timeout", "shutdown_timeout", "watch_interval"):
+        for name in ("loader_start_timeout", "evidence_timeout", "handshake_timeout", "shutdown_timeout",
+                     "watch_interval"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, not {getattr(self, name)}")
 

@@ -45,6 +45,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--nats", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--evidence-timeout", type=float, default=120.0)
     parser.add_argument("--handshake-timeout", type=float, default=120.0)
     parser.add_argument("--orphan-timeout", type=float, default=60.0)
     parser.add_argument("--limits", default="{}", help="JSON object of wasm_runner.Limits fields")
@@ -73,7 +74,8 @@ class KeepProcess:
         self.client = await self._connect()
         requester = Requester(self.client)
         reporter = Reporter(requester, kuuid)
-        hooks = KeepHooks(kuuid, self.args.host, self.args.port, self.args.handshake_timeout, reporter,
+        hooks = KeepHooks(kuuid, self.args.host, self.args.port, self.args.evidence_timeout,
+                          self.args.handshake_timeout, reporter,
                           self._start_wasmldr, self.end)
         context = Context(self.client, self.args.data_dir, KeepConfig(
             hooks, self.limits, module_cache=self.args.data_dir / "keeps" / "module-cache"))
@@ -110,7 +112,8 @@ class KeepProcess:
 
     async def _start_wasmldr(self, identity: KeepIdentity) -> None:
         site = wasmldr_site(self.args.kuuid, self.args.port, identity.key_pem, identity.certificate_pem,
-                            self.limits.max_module_bytes, self.limits.deadline_seconds)
+                            self.limits.max_module_bytes,
+                            self.limits.compile_seconds + self.limits.deadline_seconds)
         self.https = HttpServer(self.args.host, self.args.data_dir)
         await self.https.start([site], {site.role: self._requester})
 

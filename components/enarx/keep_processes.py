@@ -28,12 +28,14 @@ def socket_path(data_dir: Path, kuuid: str) -> Path:
 
 
 async def spawn(kuuid: str, *, data_dir: Path, nats_url: str, user: str, password: str, host: str,
-                port: int, handshake_timeout: float, limits: dict, loader: Path | None = None
+                port: int, evidence_timeout: float, handshake_timeout: float, limits: dict,
+                loader: Path | None = None
                 ) -> asyncio.subprocess.Process:
     """Start a keep loader for `kuuid`; the secret travels in the environment, never in argv."""
     command = [str(loader)] if loader else [sys.executable, "-m", LOADER_MODULE]
     command += ["--kuuid", kuuid, "--data-dir", str(data_dir), "--nats", nats_url, "--host", host,
-                "--port", str(port), "--handshake-timeout", str(handshake_timeout),
+                "--port", str(port), "--evidence-timeout", str(evidence_timeout),
+                "--handshake-timeout", str(handshake_timeout),
                 "--limits", orjson.dumps(limits).decode()]
     env = {**os.environ, "TEEBUS_KEEP_USER": user, "TEEBUS_KEEP_PASSWORD": password}
     path = log_path(data_dir, kuuid)

@@ -53,6 +53,7 @@ class KeepRecord:
     certificate_as_pem: str | None = None
     pid: int | None = None
     error: str | None = None
+    client: str | None = None                   # the address that asked for it (limits per client)
     created: str = dataclasses.field(default_factory=now)
     updated: str = dataclasses.field(default_factory=now)
 

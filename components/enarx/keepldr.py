@@ -4,8 +4,9 @@ The conversation on `enarx.keep.<kuuid>` (raw CBOR items, DESIGN.md):
   "request-evidence" -> {"evidence": {"backend": "Nil", "measurement", "certificate_as_pem"}}
   "launch"           -> "Success" (CommsComplete), once the wasmldr listens and the keep manager
                         has recorded its address and certificate (state Ready).
-Any other item gets a LocalCborErr. If "launch" does not follow the evidence within the handshake
-timeout the keep reports Error and ends. Whoever runs this component (components/enarx/keep_host.py)
+Any other item gets a LocalCborErr. Each step has a deadline (the handshake timeout): if
+"request-evidence" does not come within it of the keep's start, or "launch" within it of the
+evidence, the keep reports Error and ends, so a client that never converses cannot hold a keep. Whoever runs this component (components/enarx/keep_host.py)
 supplies how to start the wasmldr listener and how to end the process: `Context.config` is a
 `KeepConfig`.
 """
@@ -19,6 +20,7 @@ from typing import Any, Awaitable, Callable
 
 import cbor2
 
+from bus import codec
 from bus.component import Component, Endpoint, Incoming, Outgoing
 from bus.errors import BadRequest, BusError, Conflict
 from bus.headers import OCTETS
@@ -37,7 +39,8 @@ class KeepHooks:
     kuuid: str
     host: str
     port: int
-    handshake_timeout: float
+    evidence_timeout: float                     # keep started -> "request-evidence"
+    handshake_timeout: float                    # evidence -> "launch"
     reporter: Reporter
     start_wasmldr: Callable[[evidence.KeepIdentity], Awaitable[None]]
     end: Callable[[str], None]                  # called with a reason; the process then stops
@@ -65,8 +68,11 @@ class KeepLoader(Component):
         self.hooks: KeepHooks = self.config.hooks
         self.identity = evidence.new_identity(self.hooks.kuuid, self.hooks.host)
         self.launched = False
+        self.evidence_sent = False
         self._launching = asyncio.Lock()
         self._handshake_timer: asyncio.TimerHandle | None = None
+        self._arm_handshake_timer(self.hooks.evidence_timeout,
+                                  f"no {REQUEST_EVIDENCE!r} within {self.hooks.evidence_timeout:g}s of the keep's start")
 
     async def teardown(self) -> None:
         if self._handshake_timer is not None:
@@ -81,7 +87,10 @@ class KeepLoader(Component):
     async def converse(self, incoming: Incoming) -> Outgoing:
         item = self._decode(incoming.payload)
         if item == REQUEST_EVIDENCE:
-            self._arm_handshake_timer()
+            if not self.evidence_sent and not self.launched:
+                self.evidence_sent = True
+                self._arm_handshake_timer(self.hooks.handshake_timeout,
+                                          f"no {LAUNCH!r} within {self.hooks.handshake_timeout:g}s of the evidence")
             return _raw(evidence.evidence(self.identity))
         if item == LAUNCH:
             return _raw(await self._launch())
@@ -97,17 +106,19 @@ class KeepLoader(Component):
 
     @staticmethod
     def _decode(payload: bytes) -> Any:
+        """Exactly one CBOR item, decoded strictly (bus/codec.py: no tags but a UUID, no trailing bytes)."""
         try:
-            return cbor2.loads(payload)
-        except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError) as exc:
-            raise BadRequest(f"the keep takes one CBOR item per message; this one does not decode: {exc}") from None
+            return codec.loads_cbor(payload)
+        except BadRequest as exc:
+            raise BadRequest(f"the keep takes one CBOR item per message; this one does not decode: "
+                             f"{exc.message}") from None
 
     async def _launch(self) -> str:
         async with self._launching:
             if self.launched:
                 raise Conflict(f"keep {self.hooks.kuuid} is already launched; send the workload to its "
                                f"wasmldr at https://{self.hooks.host}:{self.hooks.port}/workload")
-            if self._handshake_timer is None:
+            if not self.evidence_sent:
                 raise BadRequest(f"send {REQUEST_EVIDENCE!r} first: the client must see the evidence "
                                  "before it launches the keep")
             self._handshake_timer.cancel()
@@ -119,14 +130,15 @@ class KeepLoader(Component):
             self.log.info("keep launched", kuuid=self.hooks.kuuid, port=self.hooks.port)
             return messages.SUCCESS
 
-    def _arm_handshake_timer(self) -> None:
-        if self._handshake_timer is None and not self.launched:
-            self._handshake_timer = asyncio.get_running_loop().call_later(
-                self.hooks.handshake_timeout, lambda: self.spawn(self._handshake_expired(), name="handshake expired"))
+    def _arm_handshake_timer(self, seconds: float, what: str) -> None:
+        """(Re)start the deadline of the handshake's next step; `what` says what did not come."""
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+        self._handshake_timer = asyncio.get_running_loop().call_later(
+            seconds, lambda: self.spawn(self._handshake_expired(what), name="handshake expired"))
 
-    async def _handshake_expired(self) -> None:
-        reason = (f"no {LAUNCH!r} within {self.hooks.handshake_timeout:g}s of the evidence; "
-                  "the keep ended (create a new one)")
+    async def _handshake_expired(self, what: str) -> None:
+        reason = f"{what}; the keep ended (create a new one)"
         try:
             await self.report({"state": "Error", "error": reason})
         except BusError as exc:

@@ -131,23 +131,30 @@ class KeepManager(Component):
         if request.get("path_uuid") and messages.parse_uuid(request["path_uuid"], "path uuid") != contract["uuid"]:
             raise BadRequest(f"the URL names contract {request['path_uuid']} but the body names "
                              f"{contract['uuid']}; they must be the same")
-        if contract["backend"] not in self.config.backends.runnable():
-            raise Unavailable(f"{self.config.backends.why_not(contract['backend'])}; this keep cannot start here")
-        live = [r for r in self._all_keeps() if r.value.is_local_live(self.host)]
-        if len(live) >= self.config.max_keeps:
-            raise Unavailable(f"this host already runs {len(live)} keeps, its limit; "
-                              "shut one down with DELETE /keep/<kuuid> first")
+        client = request.get("client") if isinstance(request.get("client"), str) else None
+        self._check_room(client)
         await self._redeem(contract)
-        return _cbor(messages.keep_cbor(await self._start_keep(contract)))
+        return _cbor(messages.keep_cbor(await self._start_keep(contract, client)))
 
-    async def _start_keep(self, contract: dict[str, Any]) -> KeepRecord:
+    def _check_room(self, client: str | None) -> None:
+        """Live keeps are bounded per host and per client address (a client cannot take them all)."""
+        live = [r.value for r in self._all_keeps() if r.value.is_local_live(self.host)]
+        if len(live) >= self.config.max_keeps:
+            raise Unavailable(f"this host already runs {len(live)} keeps, its limit (max_keeps); "
+                              "shut one down with DELETE /keep/<kuuid> first")
+        theirs = sum(1 for keep in live if client is not None and keep.client == client)
+        if theirs >= self.config.max_keeps_per_client:
+            raise Unavailable(f"{client} already holds {theirs} live keeps, the limit per client "
+                              "(max_keeps_per_client); shut one down with DELETE /keep/<kuuid> first")
+
+    async def _start_keep(self, contract: dict[str, Any], client: str | None) -> KeepRecord:
         kuuid = contract["uuid"]
         self._busy.add(kuuid)
         try:
             async with self._spawning:
                 port = self._free_port()
                 await self.keeps.create(kuuid, KeepRecord(
-                    kuuid=kuuid, backend=contract["backend"], host=self.host, wasmldr_port=port,
+                    kuuid=kuuid, backend=contract["backend"], host=self.host, wasmldr_port=port, client=client,
                     socket_path=str(keep_processes.socket_path(self.context.data_dir, kuuid))))
                 await self.events.publish("keep", "created", {"kuuid": kuuid, "backend": contract["backend"]})
                 try:
@@ -166,7 +173,7 @@ class KeepManager(Component):
         process = await keep_processes.spawn(
             kuuid, data_dir=self.context.data_dir, nats_url=self.context.nats_url, user=user,
             password=password, host=self.context.http_host, port=port,
-            handshake_timeout=self.config.handshake_timeout,
+            evidence_timeout=self.config.evidence_timeout, handshake_timeout=self.config.handshake_timeout,
             limits=dataclasses.asdict(self.config.workload_limits),
             loader=self.config.keep_loaders.get(backend) if backend != "Nil" else None)
         self._processes[kuuid] = process
@@ -290,8 +297,8 @@ class KeepManager(Component):
         if keep.state != change.before.value.state:
             await self.events.publish("keep", state.lower(), {"kuuid": kuuid, **(
                 {"wasmldr": keep.wasmldr} if state == KeepState.READY and keep.wasmldr else {})})
-        if state == KeepState.ERROR:
-            await self._forget_user(kuuid)
+        if state == KeepState.ERROR:  # after this reply: removing the user cuts the loader's connection
+            self.spawn(self._forget_user_soon(kuuid), name=f"forget user {kuuid}")
         return {"state": keep.state}
 
     # -- the watchdog ------------------------------------------------------------------------------
@@ -340,6 +347,10 @@ class KeepManager(Component):
 
     def _all_keeps(self) -> list[Record[KeepRecord]]:
         return self.keeps.mirrored()
+
+    async def _forget_user_soon(self, kuuid: str) -> None:
+        await asyncio.sleep(0.1)   # the reply goes out first
+        await self._forget_user(kuuid)
 
     async def _forget_user(self, kuuid: str) -> None:
         if users.available(self.context.data_dir):

@@ -1,12 +1,15 @@
 """Run an Enarx workload (a WASI preview1 core wasm module) under wasmtime with hard limits.
 
 One `WasmRunner` owns one `wasmtime.Engine` (epoch interruption on, fuel metering on when a fuel
-budget is set) and a daemon thread that bumps the engine epoch every `TICK_SECONDS`. Each run gets
-a fresh `Store` with the memory cap (`Store.set_limits`), the fuel budget and its own WASI context,
-so a failing workload never leaves state behind for the next one; `Engine`, `Module` and the
-pre-linked `InstancePre` are shared between threads. Requests are checked first (`wasm_limits`)
-and compiled modules are reused (`wasm_cache`); what goes past wasmtime-py's public API (epoch
-callback, stdin pipe, poll_oneoff shim) is in `wasi_shims`.
+budget is set, the proposals it does not serve off: see `wasm_compile.engine_config`) and a daemon
+thread that bumps the engine epoch every `TICK_SECONDS`. Each run gets a fresh `Store` with the
+store limits (one instance, one memory of at most `max_memory_bytes`, one table of at most
+`max_table_elements`: with multi-memory off, that is the workload's total), the fuel budget and
+its own WASI context, so a failing workload never leaves state behind for the next one; `Engine`,
+`Module` and the pre-linked `InstancePre` are shared between threads. Requests are checked first
+(`wasm_limits`), modules are compiled in a child process with a deadline and a memory ceiling of
+their own (`wasm_compile`) and reused (`wasm_cache`); what goes past wasmtime-py's public API
+(epoch callback, stdin pipe, poll_oneoff shim) is in `wasi_shims`.
 
 How each limit is enforced and recognised (`RunResult.stopped`):
 
@@ -23,13 +26,18 @@ How each limit is enforced and recognised (`RunResult.stopped`):
 * "fuel" -- the guest traps with `TrapCode.OUT_OF_FUEL`.
 * "memory" -- wasmtime-py has no custom resource limiter and a refused `memory.grow` just returns
   -1, so the runner infers it: instantiation fails with "exceeds memory limits" (initial memory
-  over the cap), or the guest traps while one of its exported memories is at least half the cap
+  over the cap) or "exceeds table limits" (initial table over `max_table_elements`), or the guest
+  traps while its exported memory is at least half the cap
   (the failed request must have been larger than what was left), or its stderr reports an
   allocation failure (Rust's "memory allocation of N bytes failed").
 * "trap" -- any other trap; `details` carries wasmtime's cause line.
 
 A WASI `proc_exit(n)` surfaces as `wasmtime.ExitTrap` with `.code == n`: a normal exit. Returning
 from `_start` is exit code 0.
+
+A compile that goes past `compile_seconds` or `compile_memory_bytes` is not a stop (nothing ran):
+`run` raises `Unprocessable` (422) naming the field, and a module declaring what the runner does
+not serve (a second memory or table, a 64-bit or shared memory) raises `BadRequest` (400).
 """
 
 from __future__ import annotations
@@ -48,6 +56,8 @@ from bus.errors import BadRequest, Unavailable
 from components.enarx.wasi_shims import (
     WASI, Watch, arm_epoch_deadline, set_stdin, shadow_poll_oneoff, watching)
 from components.enarx.wasm_cache import Compiled, ModuleCache
+from components.enarx.wasm_compile import BoundedCompiler, engine_config
+from components.enarx.wasm_compile import wasmtime_cause as _cause
 # Limits, RunRequest and RunResult are also imported from here by wasmldr, keep, bench and tests.
 from components.enarx.wasm_limits import MIB, Limits, RunRequest, RunResult, check_request
 
@@ -62,11 +72,13 @@ class WasmRunner:
     def __init__(self, limits: Limits = Limits(), cache_entries: int = 32,
                  cache_dir: Path | None = None) -> None:
         self.limits = limits
-        self._engine = wasmtime.Engine(_engine_config(limits))
+        self._engine = wasmtime.Engine(engine_config(fuel_metering=limits.fuel is not None))
         linker = _wasi_linker(self._engine)
-        self._modules = ModuleCache(partial(_compile, self._engine, linker),
-                                    partial(_deserialize, self._engine, linker),
-                                    cache_entries, cache_dir)
+        compiler = BoundedCompiler(limits.fuel is not None, limits.compile_seconds,
+                                   limits.compile_memory_bytes)
+        self._modules = ModuleCache(compiler.compile, partial(_load, self._engine, linker),
+                                    cache_entries, cache_dir, limits.max_cache_bytes,
+                                    limits.max_cache_age_seconds)
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=_tick, args=(self._engine, self._stop),
                                         name="wasm-epoch", daemon=True)
@@ -132,7 +144,11 @@ class WasmRunner:
         """A store with this run's limits, epoch watch and WASI context (args, env, stdio)."""
         limits = self.limits
         store = wasmtime.Store(self._engine)
-        store.set_limits(memory_size=limits.max_memory_bytes)
+        # One of each: with multi-memory off the memory cap is the workload's total, and the
+        # table (8 bytes an element) cannot become a second, uncapped memory.
+        store.set_limits(memory_size=limits.max_memory_bytes,
+                         table_elements=limits.max_table_elements,
+                         instances=1, tables=1, memories=1)
         if limits.fuel is not None:
             store.set_fuel(limits.fuel)
         arm_epoch_deadline(store, watch_id)
@@ -175,13 +191,6 @@ class _Capture:
 # Engine, linking and compiling
 
 
-def _engine_config(limits: Limits) -> wasmtime.Config:
-    config = wasmtime.Config()
-    config.epoch_interruption = True
-    config.consume_fuel = limits.fuel is not None
-    return config
-
-
 def _wasi_linker(engine: wasmtime.Engine) -> wasmtime.Linker:
     """WASI preview1 with the deadline-aware poll_oneoff; nothing else is importable."""
     linker = wasmtime.Linker(engine)
@@ -195,15 +204,8 @@ def _tick(engine: wasmtime.Engine, stop: threading.Event) -> None:
         engine.increment_epoch()
 
 
-def _compile(engine: wasmtime.Engine, linker: wasmtime.Linker, wasm: bytes) -> Compiled:
-    try:
-        module = wasmtime.Module(engine, wasm)
-    except wasmtime.WasmtimeError as exc:
-        raise BadRequest(f"the workload is not a valid wasm module: {_cause(exc)}") from None
-    return Compiled(module, _link(linker, module))
-
-
-def _deserialize(engine: wasmtime.Engine, linker: wasmtime.Linker, data: bytes) -> Compiled:
+def _load(engine: wasmtime.Engine, linker: wasmtime.Linker, data: bytes) -> Compiled:
+    """A module serialized by the compiler child or read from the disk cache, checked and linked."""
     module = wasmtime.Module.deserialize(engine, data)
     return Compiled(module, _link(linker, module))
 
@@ -278,6 +280,7 @@ def _deadline_details(limits: Limits) -> str:
 
 
 _INITIAL_MEMORY = re.compile(r"minimum size of (\d+) pages exceeds memory limits")
+_INITIAL_TABLE = re.compile(r"minimum size of (\d+) elements exceeds table limits")
 _ALLOC_FAILED = re.compile(rb"memory allocation of \d+ bytes failed|out of memory", re.I)
 
 
@@ -287,6 +290,10 @@ def _memory_details(exc: Exception, instance: wasmtime.Instance | None, store: w
     cap = limits.max_memory_bytes
     advice = "raise max_memory_bytes or make the workload use less memory"
     if instance is None:
+        found = _INITIAL_TABLE.search(str(exc))
+        if found:
+            return (f"the module asks for a table of {int(found.group(1)):,} elements, more than "
+                    f"the {limits.max_table_elements:,} allowed; raise max_table_elements")
         found = _INITIAL_MEMORY.search(str(exc))
         if found:
             return (f"the module asks for {int(found.group(1)) * 65536 / MIB:g} MiB of initial "
@@ -306,12 +313,3 @@ def _largest_memory(instance: wasmtime.Instance, store: wasmtime.Store) -> int:
     sizes = [item.data_len(store) for item in instance.exports(store).by_index
              if isinstance(item, wasmtime.Memory)]
     return max(sizes, default=0)
-
-
-def _cause(exc: BaseException) -> str:
-    """wasmtime's root cause line, without the backtrace."""
-    text = str(exc).strip()
-    if "Caused by:" in text:
-        text = text.rsplit("Caused by:", 1)[1].strip()
-    line = text.splitlines()[0].strip() if text else type(exc).__name__
-    return line[:300]
