@@ -159,6 +159,10 @@ async def dispatch(args: argparse.Namespace, catalog: Catalog, settings: Setting
         since = tools.parse_since(args.since) if args.since else None
         return await _with_client(settings, "observer", lambda c: _exported(c, since, args))
     if args.command == "bus" and args.bus_command == "sub":
+        if not args.admin and _needs_admin(args.subject):
+            print(f"teebus: {args.subject} may carry replies, internal traffic or stored state, which the "
+                  "observer role never sees; looking at it is an admin's act: add --admin", file=sys.stderr)
+            return 2
         role = "admin" if args.admin else "observer"
         return await _with_client(settings, role, lambda c: tools.subscribe(c, args.subject, args.count))
     if args.command == "bus":
@@ -166,6 +170,13 @@ async def dispatch(args: argparse.Namespace, catalog: Catalog, settings: Setting
         return await _with_client(settings, "admin",
                                   lambda c: tools.request(c, args.subject, args.data, content_type, args.timeout))
     return await getattr(args, SYSTEM_VERBS)(args, settings)
+
+
+def _needs_admin(subject: str) -> bool:
+    """Whether a subscription asks for what only admin may watch (bus/roles.py, the observer role);
+    a wildcard that merely overlaps such subjects is served, without them."""
+    tokens = subject.split(".")
+    return subject == ">" or tokens[0] in ("_INBOX", "$KV", "$O", "$JS") or (len(tokens) > 2 and tokens[2] == "internal")
 
 
 async def _exported(client: Any, since: Any, args: argparse.Namespace) -> None:

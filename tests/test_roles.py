@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bus import payloads, roles
+from bus import log, payloads, roles
 from bus.errors import BusError
 from bus.requester import Requester
 from components.mesatee import subjects as mesatee
@@ -126,3 +126,20 @@ async def test_a_kms_reply_to_the_gateway_reaches_only_the_gateway(start_compone
     await observer.subscribe("events.>")       # what an observer is for still works
     await observer.subscribe("mesatee.>")
     await observer.flush()
+
+
+@pytest.mark.parametrize("subject,refused", [
+    ("mesatee.kms.internal.>", True), ("_INBOX.>", True), (">", True), ("mesatee.>", False),
+    ("$KV.enarx_keeps.>", True), ("events.>", False), ("enarx.keepmgr.contracts", False),
+    ("enarx.keep.*", False), ("events.mesatee.>", False)])
+def test_bus_sub_says_when_a_subject_is_an_admins_to_watch(subject, refused, capsys):
+    from teebus import cli
+
+    if refused:
+        try:
+            assert cli.main(["bus", "sub", subject, "--data-dir", "/nonexistent"]) == 2
+        finally:  # cli.main logs onto this test's captured stderr: give logging back its own
+            log.configure("warning", json=True, stream=sys.__stderr__)
+        assert "add --admin" in capsys.readouterr().err
+    else:
+        assert not cli._needs_admin(subject)
