@@ -458,7 +458,7 @@ async def ready_keep(enarx: EnarxClient, kuuids: list[str]) -> dict[str, Any]:
 
 
 def keep_pids(data_dir: Path) -> list[int]:
-    """Keep processes of this run: `components.enarx.keep_host` with our (unique, temporary) data directory."""
+    """Keep processes of this run: `teebus.host enarx.keep` with our (unique, temporary) data directory."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -467,7 +467,7 @@ def keep_pids(data_dir: Path) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if keep_processes.LOADER_MODULE.encode() in argv and str(data_dir).encode() in argv:
+        if keep_processes.HOST.encode() in argv and str(data_dir).encode() in argv:
             found.append(int(entry.name))
     return found
 

@@ -56,6 +56,21 @@ class AdapterSpec:
 
 
 @dataclass(frozen=True)
+class HostSpec:
+    """A process of the system's own that runs components and adapters together (a keep, say), run
+    as `python -m teebus.host <system>.<name> ARGS`.
+
+    `target` is `async (argv, adapters) -> exit status`, on the component side; `adapters` names the
+    adapter callables it is handed (name -> "module:attribute"), so no component imports an adapter:
+    the generic host, which may import both, loads them.
+    """
+
+    name: str
+    target: str
+    adapters: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class RoleSpec:
     """An extra NATS role of the system (beyond its components' role), e.g. for helper processes.
 
@@ -81,6 +96,7 @@ class Manifest:
     roles: tuple[RoleSpec, ...] = ()
     secret_fields: tuple[str, ...] = ()                      # message fields logs never show
     verbs: str | None = None                                 # "module:register" for `teebus <system> ...`
+    hosts: tuple[HostSpec, ...] = ()                         # processes of its own (`teebus.host`)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -107,6 +123,13 @@ class Manifest:
 
     def adapter_names(self) -> list[str]:
         return [f"{adapter.kind}.{self.name}" for adapter in self.adapters]
+
+    def host(self, name: str) -> HostSpec:
+        for spec in self.hosts:
+            if spec.name == name:
+                return spec
+        raise ValueError(f"{self.name} declares no host {name!r}; it declares "
+                         f"{', '.join(h.name for h in self.hosts) or 'none'}")
 
     def default_config(self) -> Any:
         return None if self.config is type(None) else self.config()

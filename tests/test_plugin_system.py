@@ -217,3 +217,26 @@ def test_a_nested_table_is_named_by_its_dotted_path(tmp_path, capsys):
     config_file.write_text("[enarx.workload_limits]\nfuel = -1\n")
     assert cli.main(["config", "--config", str(config_file)], catalog=default_catalog()) == 1
     assert "[enarx.workload_limits] fuel must be a positive integer" in capsys.readouterr().err
+
+
+def test_the_layers_keep_their_imports():
+    """Components speak only over subjects: none imports an adapter; bus/ imports neither."""
+    import ast
+
+    repo = Path(__file__).resolve().parent.parent
+    offenders = []
+    for folder, forbidden in (("components", ("adapters",)), ("bus", ("adapters", "components", "teebus"))):
+        for path in (repo / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                offenders += [f"{path.relative_to(repo)}: {n}" for n in names if n.split(".")[0] in forbidden]
+    assert offenders == []
+
+
+def test_the_host_of_a_system_process_names_it_by_manifest(capsys):
+    from teebus import host
+
+    assert host.main(["nosuch.keep"]) == 2 and "unknown system 'nosuch'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="declares no host 'nope'"):
+        host.main(["enarx.nope"])

@@ -17,9 +17,10 @@ from aiohttp import web
 
 from adapters.http import routes
 from adapters.http.routes import path_param
-from adapters.http.runner import Site, SiteContext
+from adapters.http.runner import HttpServer, Site, SiteContext
 from bus.errors import Unavailable
 from bus.headers import CBOR
+from bus.requester import Requester
 from components.enarx import messages, subjects
 
 KEEPMGR_SITE = "enarx-keepmgr"
@@ -106,6 +107,16 @@ def wasmldr_site(kuuid: str, port: int, key_pem: bytes, certificate_pem: bytes, 
 
     return Site(f"enarx-wasmldr-{kuuid}", port, "keepldr", workload_routes, render_error,
                 body_limit=2 * max_module_bytes + WORKLOAD_MARGIN, tls=tls_context(key_pem, certificate_pem))
+
+
+async def serve_wasmldr(kuuid: str, host: str, port: int, key_pem: bytes, certificate_pem: bytes,
+                        max_module_bytes: int, work_seconds: float, requester: Requester,
+                        data_dir: Path) -> HttpServer:
+    """Start one keep's wasmldr site; the keep's process stops the returned server."""
+    site = wasmldr_site(kuuid, port, key_pem, certificate_pem, max_module_bytes, work_seconds)
+    server = HttpServer(host, data_dir)
+    await server.start([site], {site.role: requester})
+    return server
 
 
 def tls_context(key_pem: bytes, certificate_pem: bytes) -> ssl.SSLContext:

@@ -1,9 +1,10 @@
-"""One keep's process (`python -m components.enarx.keep_host`), started by the keep manager, one per keep.
+"""One keep's process, started by the keep manager, one per keep: `python -m teebus.host enarx.keep`.
 
-It is not a component but the program that hosts one keep, as `teebus run` hosts others: it joins
-the bus as the keep's own NATS user (credentials in the environment), serves the keep loader
-(handshake, control) and the wasmldr components, the keep's Unix socket, and after "launch" the
-wasmldr's HTTPS port. It ends on a shutdown request, SIGTERM, a handshake timeout, or when the
+It joins the bus as the keep's own NATS user (credentials in the environment), serves the keep
+loader (handshake, control) and the wasmldr components, the keep's Unix socket, and after "launch"
+the wasmldr's HTTPS port. The two adapters are handed in by `teebus.host` from the manifest
+(`socket`: adapters/unix/enarx.py `KeepSocket`, `wasmldr`: adapters/http/enarx.py `serve_wasmldr`),
+so this package imports no adapter. It ends on a shutdown request, SIGTERM, a handshake timeout, or when the
 bus has been unreachable for `--orphan-timeout` seconds.
 """
 
@@ -15,17 +16,14 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import orjson
 from nats.aio.client import Client
 
-from adapters.http.enarx import wasmldr_site
-from adapters.http.runner import HttpServer
-from adapters.unix.enarx import KeepSocket
 from bus import log
 from bus.component import Context
 from bus.connection import BusConnectError, connect
-from bus.loop import run
 from bus.requester import Requester
 from components.enarx import keep_access, keep_processes
 from components.enarx.evidence import KeepIdentity
@@ -39,7 +37,7 @@ _log = log.get_logger("enarx.keep")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="components.enarx.keep_host", description=__doc__)
+    parser = argparse.ArgumentParser(prog="teebus.host enarx.keep", description=__doc__)
     parser.add_argument("--kuuid", required=True)
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--nats", required=True)
@@ -53,15 +51,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 class KeepProcess:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, adapters: Mapping[str, Callable[..., Any]]) -> None:
         self.args = args
+        self.adapters = adapters
         self.limits = Limits.from_overrides(orjson.loads(args.limits))
         self.ended = asyncio.Event()
         self.reason = ""
         self.client: Client | None = None
         self.components: list = []
-        self.socket: KeepSocket | None = None
-        self.https: HttpServer | None = None
+        self.socket: Any = None             # the keep's Unix socket server (start/stop)
+        self.https: Any = None              # the wasmldr's HTTPS server, once launched (stop)
         self._orphan_timer: asyncio.TimerHandle | None = None
 
     def end(self, reason: str) -> None:
@@ -85,7 +84,8 @@ class KeepProcess:
                 component = cls(context)
                 await component.start()
                 self.components.append(component)
-            self.socket = KeepSocket(keep_processes.socket_path(self.args.data_dir, kuuid), kuuid, requester)
+            self.socket = self.adapters["socket"](keep_processes.socket_path(self.args.data_dir, kuuid), kuuid,
+                                                  requester)
             await self.socket.start()
             _log.info("keep loader ready", pid=os.getpid())
             await self.ended.wait()
@@ -111,11 +111,10 @@ class KeepProcess:
             self._orphan_timer = None
 
     async def _start_wasmldr(self, identity: KeepIdentity) -> None:
-        site = wasmldr_site(self.args.kuuid, self.args.port, identity.key_pem, identity.certificate_pem,
-                            self.limits.max_module_bytes,
-                            self.limits.compile_seconds + self.limits.deadline_seconds)
-        self.https = HttpServer(self.args.host, self.args.data_dir)
-        await self.https.start([site], {site.role: self._requester})
+        self.https = await self.adapters["wasmldr"](
+            self.args.kuuid, self.args.host, self.args.port, identity.key_pem, identity.certificate_pem,
+            self.limits.max_module_bytes, self.limits.compile_seconds + self.limits.deadline_seconds,
+            self._requester, self.args.data_dir)
 
     async def _stop(self, reporter: Reporter) -> None:
         if self.https is not None:
@@ -133,10 +132,11 @@ class KeepProcess:
             await self.client.close()
 
 
-async def main(argv: list[str]) -> int:
+async def main(argv: list[str], adapters: Mapping[str, Callable[..., Any]]) -> int:
+    """The host's entry (bus/manifest.HostSpec): `adapters` has "socket" and "wasmldr"."""
     args = parse_args(argv)
     log.configure(os.environ.get("TEEBUS_LOG_LEVEL", "info"), json=True, stream=sys.stderr)
-    process = KeepProcess(args)
+    process = KeepProcess(args, adapters)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, process.end, f"signal {signal.Signals(signum).name}")
@@ -147,6 +147,3 @@ async def main(argv: list[str]) -> int:
         return 3
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(run(main(sys.argv[1:])))

@@ -16,7 +16,7 @@ import orjson
 
 from bus import procfs
 
-LOADER_MODULE = "components.enarx.keep_host"
+HOST = "enarx.keep"   # the manifest's host: `python -m teebus.host enarx.keep ...` (keep_host.py)
 
 
 def log_path(data_dir: Path, kuuid: str) -> Path:
@@ -32,7 +32,7 @@ async def spawn(kuuid: str, *, data_dir: Path, nats_url: str, user: str, passwor
                 loader: Path | None = None
                 ) -> asyncio.subprocess.Process:
     """Start a keep loader for `kuuid`; the secret travels in the environment, never in argv."""
-    command = [str(loader)] if loader else [sys.executable, "-m", LOADER_MODULE]
+    command = [str(loader)] if loader else [sys.executable, "-m", "teebus.host", HOST]
     command += ["--kuuid", kuuid, "--data-dir", str(data_dir), "--nats", nats_url, "--host", host,
                 "--port", str(port), "--evidence-timeout", str(evidence_timeout),
                 "--handshake-timeout", str(handshake_timeout),

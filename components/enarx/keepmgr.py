@@ -3,7 +3,7 @@
 State lives in two KV buckets. `enarx_contracts` holds one offer per runnable backend under
 `offer.<Backend>`; redeeming it is a compare-and-set that replaces the offer with a fresh one, so a
 contract can be redeemed once, even across replicas. `enarx_keeps` holds a record per keep. Each keep
-runs as its own loader process (`components.enarx.keep_host`) with a NATS user limited to that keep's subjects; the
+runs as its own loader process (`python -m teebus.host enarx.keep`) with a NATS user limited to that keep's subjects; the
 loader reports its progress on `enarx.keepmgr.internal.report.<kuuid>` and this component records
 it. A watchdog marks keeps whose process died as Error; after a restart, live keeps are reattached.
 """

@@ -1,6 +1,6 @@
 """Enarx's manifest: what teebus runs, configures and permits for it (bus/manifest.py)."""
 
-from bus.manifest import AdapterSpec, ComponentSpec, Manifest, RoleSpec
+from bus.manifest import AdapterSpec, ComponentSpec, HostSpec, Manifest, RoleSpec
 from components.enarx import keep_access
 from components.enarx.config import EnarxConfig
 from components.enarx.subjects import SYSTEM
@@ -16,4 +16,6 @@ MANIFEST = Manifest(
     roles=(RoleSpec(keep_access.SHARED_ROLE, keep_access.permissions("*"),
                     "keep loaders when the server is not teebus's to add per-keep users to"),),
     verbs="components.enarx.cli:register",
+    hosts=(HostSpec("keep", "components.enarx.keep_host:main",
+                    {"socket": "adapters.unix.enarx:KeepSocket", "wasmldr": "adapters.http.enarx:serve_wasmldr"}),),
 )
