@@ -227,9 +227,9 @@ def test_the_layers_keep_their_imports():
     offenders = []
     for folder, forbidden in (("components", ("adapters",)), ("bus", ("adapters", "components", "teebus"))):
         for path in (repo / folder).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text())):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for statement in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in statement.names] if isinstance(statement, ast.Import) else \
+                    [statement.module or ""] if isinstance(statement, ast.ImportFrom) else []
                 offenders += [f"{path.relative_to(repo)}: {n}" for n in names if n.split(".")[0] in forbidden]
     assert offenders == []
 

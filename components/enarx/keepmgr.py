@@ -349,8 +349,12 @@ class KeepManager(Component):
         return self.keeps.mirrored()
 
     async def _forget_user_soon(self, kuuid: str) -> None:
-        await asyncio.sleep(0.1)   # the reply goes out first
-        await self._forget_user(kuuid)
+        """Spawned by a handler, this runs once its reply is queued: the flush's round trip sees the
+        reply through the server before the user (and with it the loader's connection) goes."""
+        try:
+            await self.client.flush(timeout=2)
+        finally:
+            await self._forget_user(kuuid)
 
     async def _forget_user(self, kuuid: str) -> None:
         if users.available(self.context.data_dir):
