@@ -348,7 +348,7 @@ async def test_shutdown_stops_the_process_removes_the_socket_and_records_it(enar
         await enarx.client.deploy(keep, wat("hello"))
 
 
-async def test_a_keep_whose_client_never_begins_the_handshake_ends(enarx_factory):
+async def test_a_keep_whose_client_never_begins_the_handshake_ends(enarx_factory, data_dir: Path):
     enarx = await enarx_factory(evidence_timeout=1.0)
     nil = next(c for c in await enarx.client.contracts() if c["backend"] == "Nil")
     keep = await enarx.client.new_keep(nil)
@@ -356,6 +356,8 @@ async def test_a_keep_whose_client_never_begins_the_handshake_ends(enarx_factory
     await eventually(lambda: _state(enarx, keep["kuuid"], "Error"), timeout=10)
     assert "no 'request-evidence' within 1s" in (await enarx.client.keep(keep["kuuid"]))["error"]
     await eventually(lambda: not keep_processes.is_alive(pid, kuuid_text(keep["kuuid"])), timeout=10)
+    from bus import users
+    await eventually(lambda: keep_access.user_name(kuuid_text(keep["kuuid"])) not in users.names(data_dir))
 
 
 async def test_live_keeps_are_bounded_per_client(enarx_factory):

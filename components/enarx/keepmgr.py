@@ -55,6 +55,7 @@ class KeepManager(Component):
         self._spawning = asyncio.Lock()
         await self._offer_all()
         await self._check_keeps(reason="found dead after a keep manager restart")
+        await self._forget_users_of_ended_keeps()
         self.every(self.config.watch_interval, self._watch, name="keep watchdog")
 
     async def teardown(self) -> None:
@@ -189,11 +190,15 @@ class KeepManager(Component):
         return process.pid
 
     async def _reap(self, kuuid: str, process: asyncio.subprocess.Process) -> None:
-        """Collect the loader's exit status (no zombie), and forget the process."""
+        """Collect the loader's exit status (no zombie), forget the process, and the user of a keep
+        that ended (one that reported Error and ended itself)."""
         try:
             await process.wait()
         finally:
             self._processes.pop(kuuid, None)
+        record = self.keeps.mirrored_record(kuuid)
+        if record is not None and record.value.state.ended:
+            await self._forget_user(kuuid)
 
     async def _credentials(self, kuuid: str) -> tuple[str, str]:
         """A NATS user for this keep alone when the server is ours to configure, else the shared role."""
@@ -297,8 +302,8 @@ class KeepManager(Component):
         if keep.state != change.before.value.state:
             await self.events.publish("keep", state.lower(), {"kuuid": kuuid, **(
                 {"wasmldr": keep.wasmldr} if state == KeepState.READY and keep.wasmldr else {})})
-        if state == KeepState.ERROR:  # after this reply: removing the user cuts the loader's connection
-            self.spawn(self._forget_user_soon(kuuid), name=f"forget user {kuuid}")
+        # A loader that reports Error ends itself; its user goes when its process has gone (`_reap`),
+        # not now: removing it would cut the loader's connection before this reply reaches it.
         return {"state": keep.state}
 
     # -- the watchdog ------------------------------------------------------------------------------
@@ -313,6 +318,13 @@ class KeepManager(Component):
             if (keep.is_local_live(self.host) and record.key not in self._busy and keep.pid
                     and not keep_processes.is_alive(keep.pid, record.key)):
                 await self._mark_error(record.key, reason)
+
+    async def _forget_users_of_ended_keeps(self) -> None:
+        """After a restart: users of keeps that ended (and whose loaders are gone) while we were down."""
+        for record in self._all_keeps():
+            keep = record.value
+            if keep.host == self.host and keep.state.ended and not keep_processes.is_alive(keep.pid, record.key):
+                await self._forget_user(record.key)
 
     async def _forget_old_keeps(self) -> None:
         """Keep the newest `max_ended_keeps` ended keeps; delete older records and their logs."""
@@ -347,14 +359,6 @@ class KeepManager(Component):
 
     def _all_keeps(self) -> list[Record[KeepRecord]]:
         return self.keeps.mirrored()
-
-    async def _forget_user_soon(self, kuuid: str) -> None:
-        """Spawned by a handler, this runs once its reply is queued: the flush's round trip sees the
-        reply through the server before the user (and with it the loader's connection) goes."""
-        try:
-            await self.client.flush(timeout=2)
-        finally:
-            await self._forget_user(kuuid)
 
     async def _forget_user(self, kuuid: str) -> None:
         if users.available(self.context.data_dir):
