@@ -1,4 +1,4 @@
-"""What every deployment has before any component starts: the payload bucket and the EVENTS stream.
+"""What every deployment has before any component starts: the payload stream and the EVENTS stream.
 
 `teebus up` and `teebus run` create them as the admin role (components may not: their role reaches
 only their own system's buckets); so do the test bus and the benchmarks.

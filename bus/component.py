@@ -2,7 +2,7 @@
 
 A component lists its endpoints; the base registers them in one queue group (so replicas share the
 load and `$SRV.PING|INFO|STATS` discovery works), decodes payloads by Content-Type, fetches large
-ones from the Object Store, runs handlers concurrently up to `max_in_flight`, and turns exceptions
+ones from the payload stream, runs handlers concurrently up to `max_in_flight`, and turns exceptions
 into `Nats-Service-Error-Code` / `Nats-Service-Error` replies (with the error's details as body).
 
 One lifecycle: `start()` (setup, then endpoints), `stop(grace)` (endpoints off, requests and

@@ -2,8 +2,9 @@
 
 CONTENT_TYPE = "Content-Type"
 REQUEST_ID = "Teebus-Request-Id"
-# Set when the body travelled through the Object Store: the object's name (bus/payloads.py).
+# Set when the body travelled through the payload stream (bus/payloads.py): its name, its chunks,
 PAYLOAD_REF = "Teebus-Payload-Ref"
+PAYLOAD_CHUNKS = "Teebus-Payload-Chunks"
 PAYLOAD_KEY = "Teebus-Payload-Key"   # ... and the key that opens it (a secret: tools never show it)
 ERROR = "Nats-Service-Error"
 ERROR_CODE = "Nats-Service-Error-Code"

@@ -3,7 +3,7 @@
 Kernel roles serve every system: `adapter` (external subjects only), `gateway` (internal subjects
 too, behind the internal credential), `observer` (read-only tools) and `admin` (operators). Each
 system's components get a role of their own named after the system, which reaches only that
-system's subjects, its events, its KV buckets and the payload bucket; a manifest may add roles of
+system's subjects, its events, its KV buckets and its own payloads (bus/payloads.py); a manifest may add roles of
 its own (`<system>-<name>`). The embedded server's `authorization` block is rendered from this list
 (bus/users.py), so no permission is written twice.
 """
@@ -46,17 +46,17 @@ class Role:
 
 
 def _external_caller(role: str, systems: Iterable[Manifest], deny_internal: bool) -> dict[str, Any]:
-    publish: dict[str, Any] = {"allow": [f"{m.name}.>" for m in systems] + payloads.PUBLISH_PERMISSIONS}
+    publish: dict[str, Any] = {"allow": [f"{m.name}.>" for m in systems] + payloads.permissions(role)}
     if deny_internal:
         publish["deny"] = [INTERNAL]
     return {"publish": publish, "subscribe": {"allow": [own_inbox(role)]}}
 
 
 def component_permissions(manifest: Manifest) -> dict[str, Any]:
-    """A system's components: its subjects, its events, its buckets, the payload bucket."""
+    """A system's components: its subjects, its events, its buckets, its payloads."""
     buckets = [subject for bucket in manifest.buckets for subject in records.bucket_permissions(bucket)]
     publish = list(dict.fromkeys([f"{manifest.name}.>", events.publish_permission(manifest.name),
-                                  *buckets, *payloads.PUBLISH_PERMISSIONS, INBOXES]))   # each once
+                                  *buckets, *payloads.permissions(manifest.role), INBOXES]))   # each once
     return {
         # INBOXES: the response permission `allow_responses` grants does not survive a configuration
         # reload (nats-server re-evaluates permissions on every SIGHUP, and bus/users.py reloads
@@ -69,7 +69,7 @@ def component_permissions(manifest: Manifest) -> dict[str, Any]:
 
 def observer_permissions(systems: Iterable[Manifest]) -> dict[str, Any]:
     """Read-only tools: discovery, the events, and the systems' external traffic; never replies
-    (other roles' inboxes), internal subjects, KV values or payload objects (that is admin's)."""
+    (other roles' inboxes), internal subjects, KV values or payloads (that is admin's)."""
     return {
         "publish": {"allow": ["$SRV.>", "$JS.API.INFO", "$JS.API.STREAM.NAMES",
                               *events.READ_PERMISSIONS, "$JS.FC.>"]},

@@ -28,7 +28,7 @@ def render_payload(data: bytes, hdrs: dict[str, str] | None) -> str:
     """JSON as sent, CBOR in diagnostic notation, anything else as length and hex preview."""
     content_type = codec.content_type_of(hdrs)
     if hdrs and headers.PAYLOAD_REF in hdrs:
-        return f"<{content_type} in object store: {hdrs[headers.PAYLOAD_REF]}>"
+        return f"<{content_type} in the payload stream: {hdrs[headers.PAYLOAD_REF]}>"
     try:
         if content_type == headers.CBOR:
             return diagnostic(codec.decode(data, headers.CBOR))

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from bus import codec, events, headers
+from bus import codec, events, headers, payloads
 from bus.component import Component, Context, Endpoint, Incoming, Outgoing
 from bus.errors import BadRequest, Conflict, NotFound, Timeout, Unavailable, Unprocessable
 from bus.records import Records
@@ -117,7 +117,7 @@ async def test_handlers_run_concurrently(start_component, connect_as):
 
 
 @pytest.mark.parametrize("role", ["adapter", "kerneltest"])
-async def test_20mb_payload_travels_through_the_object_store(start_component, connect_as, role):
+async def test_20mb_payload_travels_through_the_payload_stream(start_component, connect_as, role):
     await start_component(EchoComponent)
     client = await connect_as(role)
     assert client.max_payload == 8 * MB
@@ -125,34 +125,55 @@ async def test_20mb_payload_travels_through_the_object_store(start_component, co
     reply = await Requester(client, timeout=30).request("kerneltest.testecho.bytes", body,
                                                         content_type=headers.OCTETS)
     assert hashlib.sha256(reply.payload).digest() == hashlib.sha256(body).digest()
-    assert reply.headers[headers.PAYLOAD_REF] and reply.headers[headers.PAYLOAD_KEY]   # the reply went there too
-    store = await (await connect_as("admin")).jetstream().object_store("teebus_payloads")
-    resting = await store.get(reply.headers[headers.PAYLOAD_REF])
-    assert len(resting.data) == len(body) + 12 + 16 and resting.data[12:12 + 64] != body[:64]  # sealed at rest
+    ref = reply.headers[headers.PAYLOAD_REF]
+    assert ref.startswith("kerneltest.") and reply.headers[headers.PAYLOAD_KEY]  # the reply went there too
+    assert reply.headers[headers.PAYLOAD_CHUNKS] == "3"
+    js = (await connect_as("admin")).jetstream()
+    resting = [(await js.get_msg(payloads.STREAM, subject=f"{payloads.SUBJECT_PREFIX}.{ref}.{i}")).data
+               for i in range(3)]
+    assert sum(map(len, resting)) == len(body) + 12 + 16 and resting[0][12:12 + 64] != body[:64]  # sealed
 
 
-async def test_a_stored_payload_opens_only_with_its_key_and_only_admin_purges(connect_as):
-    from bus.payloads import Payloads
+async def _sent(connect_as, role: str, on_error=None) -> tuple[bytes, dict[str, str]]:
+    sender = payloads.Payloads(await connect_as(role, error_cb=on_error))
+    hdrs: dict[str, str] = {}
+    body = os.urandom(9 * MB)
+    assert await sender.pack(body, hdrs) == b""
+    return body, hdrs
 
+
+async def test_a_stored_payload_opens_only_with_its_key(connect_as):
+    body, hdrs = await _sent(connect_as, "adapter")
+    receiver = payloads.Payloads(await connect_as("kerneltest"))
+    assert await receiver.unpack(b"", dict(hdrs)) == body
+    with pytest.raises(Unavailable, match="does not open"):
+        await receiver.unpack(b"", {**hdrs, headers.PAYLOAD_KEY: "AAAAAAAAAAAAAAAAAAAAAA=="})
+    with pytest.raises(Unavailable, match="does not open"):
+        await receiver.unpack(b"", {**hdrs, headers.PAYLOAD_KEY: ""})
+    with pytest.raises(Unavailable, match="chunk count"):
+        await receiver.unpack(b"", {**hdrs, headers.PAYLOAD_CHUNKS: "many"})
+
+
+async def test_no_principal_but_the_sender_can_replace_or_delete_a_payload(connect_as):
+    body, hdrs = await _sent(connect_as, "adapter")
+    ref = hdrs[headers.PAYLOAD_REF]
     violations: list[str] = []
 
     async def on_error(exc: Exception) -> None:
         violations.append(str(exc).lower())
 
-    sender = Payloads(await connect_as("adapter", error_cb=on_error))
-    hdrs: dict[str, str] = {}
-    body = os.urandom(9 * MB)
-    assert await sender.pack(body, hdrs) == b""
-    receiver = Payloads(await connect_as("kerneltest"))
-    assert await receiver.unpack(b"", dict(hdrs)) == body
-    with pytest.raises(Unavailable, match="does not open"):
-        await receiver.unpack(b"", {**hdrs, headers.PAYLOAD_KEY: "AAAAAAAAAAAAAAAAAAAAAA=="})
-    with pytest.raises(Unavailable, match="does not open"):
-        await receiver.unpack(b"", {headers.PAYLOAD_REF: hdrs[headers.PAYLOAD_REF]})
-    store = await sender._bucket()
-    with pytest.raises(Exception):
-        await asyncio.wait_for(store.delete(hdrs[headers.PAYLOAD_REF]), 3)   # purging is the owner's
-    await eventually(lambda: any("purge.obj_teebus_payloads" in v for v in violations))
+    intruder = await connect_as("kerneltest", error_cb=on_error)   # may write payloads of its own only
+    await intruder.publish(f"{payloads.SUBJECT_PREFIX}.{ref}.0", b"forged")
+    for api in (f"$JS.API.STREAM.MSG.DELETE.{payloads.STREAM}", f"$JS.API.STREAM.PURGE.{payloads.STREAM}",
+                f"$JS.API.CONSUMER.CREATE.{payloads.STREAM}"):
+        await intruder.publish(api, b"{}")
+    await intruder.flush()
+    await eventually(lambda: sum("permissions violation for publish" in v for v in violations) == 4)
+    receiver = payloads.Payloads(await connect_as("gateway"))
+    assert await receiver.unpack(b"", dict(hdrs)) == body          # untouched
+    admin = (await connect_as("admin")).jetstream()
+    with pytest.raises(Exception, match="(?i)delete"):    # the stream itself denies deletes, even to admin
+        await admin.delete_msg(payloads.STREAM, 1)
 
 
 async def test_records_compare_and_set(connect_as):

@@ -14,7 +14,9 @@ import orjson
 import pytest
 
 from adapters.unix.server import reachable
+from bus import headers, payloads
 from bus.connection import connect
+from bus.payloads import Payloads
 from bus.server import EmbeddedServer, free_port
 from components.enarx import evidence, keep_access, keep_processes, subjects
 from components.enarx.backends import Backends
@@ -154,7 +156,7 @@ async def test_deadline_memory_and_traps_end_that_workload_only(enarx: Enarx):
     await eventually(lambda: _state(enarx, keep["kuuid"], "Ready"))
 
 
-async def test_a_20_mb_workload_travels_through_the_object_store(enarx: Enarx):
+async def test_a_20_mb_workload_travels_through_the_payload_stream(enarx: Enarx):
     keep = await enarx.ready_keep()
     big = padded(wat("hello"), 20 * 1024 * 1024)
     result = await enarx.client.deploy(keep, big)
@@ -401,6 +403,15 @@ async def test_each_keep_has_its_own_nats_user_limited_to_its_subjects(enarx: En
     errors.clear()  # refusals while the server was still reloading its users
     try:
         await client.publish(subjects.keep(other_kuuid), cbor2.dumps("request-evidence"))
+        await client.flush()
+        await eventually(lambda: errors)
+        assert "permissions violation" in str(errors[0]).lower()
+        # its large replies go under its own name, which only it may write; another keep's, never
+        sent: dict[str, str] = {}
+        await Payloads(client).pack(b"x" * (9 * 1024 * 1024), sent)
+        assert sent[headers.PAYLOAD_REF].startswith(keep_access.principal(kuuid) + ".")
+        errors.clear()
+        await client.publish(f"{payloads.SUBJECT_PREFIX}.{keep_access.principal(other_kuuid)}.x.0", b"forged")
         await client.flush()
         await eventually(lambda: errors)
         assert "permissions violation" in str(errors[0]).lower()

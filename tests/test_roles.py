@@ -12,6 +12,7 @@ import pytest
 from bus import log, payloads, roles
 from bus.errors import BusError
 from bus.requester import Requester
+from components.enarx import keep_access
 from components.mesatee import subjects as mesatee
 from components.mesatee.kms import KmsComponent
 from tests.conftest import eventually
@@ -58,12 +59,17 @@ async def test_a_component_cannot_open_another_systems_bucket(connect_as):
     assert any("kv_mesatee_kms_keys" in v for v in violations)
 
 
-def test_payload_permissions_are_written_once(catalog):
-    assert "teebus_payloads" not in (REPO / "nats.conf").read_text()
+def test_each_role_writes_payloads_under_its_own_name_only(catalog):
+    assert payloads.STREAM not in (REPO / "nats.conf").read_text()
     for role in roles.all_roles(catalog.systems):
         if role.name in (roles.ADMIN, roles.OBSERVER):
             continue
-        assert all(p in role.permissions["publish"]["allow"] for p in payloads.PUBLISH_PERMISSIONS), role.name
+        allowed = role.permissions["publish"]["allow"]
+        writes = [p for p in allowed if p.startswith(payloads.SUBJECT_PREFIX)]
+        principal = role.name if role.name != keep_access.SHARED_USER else f"{keep_access.PRINCIPALS}.*"
+        assert writes == [f"{payloads.SUBJECT_PREFIX}.{principal}.>"], role.name
+        assert not any(p.startswith(("$JS.API.STREAM.", "$JS.API.CONSUMER.")) and payloads.STREAM in p
+                       for p in allowed), role.name
 
 
 def test_a_system_named_like_a_kernel_role_is_refused():
@@ -99,8 +105,9 @@ async def _subscribe_refused(connect_as, role: str, subject: str) -> bool:
 @pytest.mark.parametrize("role,subject", [
     ("adapter", "_INBOX.>"), ("adapter", "_INBOX.gateway.>"), ("gateway", "_INBOX.adapter.>"),
     ("mesatee", "_INBOX.gateway.>"), ("enarx", "_INBOX.mesatee.>"),
-    ("observer", "_INBOX.>"), ("observer", "mesatee.kms.internal.>"), ("observer", "$O.teebus_payloads.>"),
-    ("observer", "$KV.mesatee_kms_keys.>"), ("adapter", "$O.teebus_payloads.>"),
+    ("observer", "_INBOX.>"), ("observer", "mesatee.kms.internal.>"), ("observer", "$TEEBUS.payload.>"),
+    ("observer", "$KV.mesatee_kms_keys.>"), ("adapter", "$TEEBUS.payload.>"),
+    ("enarx-keepldr", "_INBOX.gateway.>"), ("enarx-keepldr", "_INBOX.enarx.>"),
 ])
 async def test_no_role_reads_another_roles_replies_or_what_is_not_its_own(connect_as, role, subject):
     assert await _subscribe_refused(connect_as, role, subject)

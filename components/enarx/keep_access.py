@@ -1,4 +1,4 @@
-"""What a keep loader may do on the bus: its own keep's subjects, the payload store, nothing else."""
+"""What a keep loader may do on the bus: its own keep's subjects and payloads, nothing else."""
 
 from __future__ import annotations
 
@@ -17,16 +17,25 @@ def user_name(kuuid: str) -> str:
     return f"keep-{kuuid}"
 
 
+# Keeps' inbox prefixes and payload names sit under one token of their own, so the shared role's
+# wildcard (`permissions("*")`) reaches other keeps only, never a static role's replies or payloads.
+PRINCIPALS = f"{subjects.SYSTEM}-keep"
+
+
+def principal(kuuid: str) -> str:
+    return f"{PRINCIPALS}.{kuuid}"
+
+
 def inbox_prefix(kuuid: str) -> str:
     """Replies to this keep arrive under its own inbox prefix, which no other keep may read."""
-    return f"_INBOX.{kuuid}"
+    return f"_INBOX.{principal(kuuid)}"
 
 
 def permissions(kuuid: str) -> dict[str, Any]:
     """NATS permissions of the user of keep `kuuid`."""
     return {
         "publish": {"allow": [subjects.keep(kuuid), subjects.workload(kuuid), subjects.report(kuuid),
-                              *payloads.PUBLISH_PERMISSIONS]},
+                              *payloads.permissions(principal(kuuid))]},
         "subscribe": {"allow": [f"{inbox_prefix(kuuid)}.>", "$SRV.>",
                                 subjects.keep(kuuid), subjects.workload(kuuid),
                                 subjects.control("*", kuuid)]},

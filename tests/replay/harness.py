@@ -213,7 +213,7 @@ class Replayer:
         request = exchange.request
         place = Place(request.index, request.subject, "reply")
         if hdr.PAYLOAD_REF in request.headers:
-            self.checker.differ(place, "request", "payload in the object store", _MISSING,
+            self.checker.differ(place, "request", "payload in the payload stream", _MISSING,
                                 "such payloads are consumed on delivery: record with smaller payloads")
             return
         replayed = await self._send(request)
