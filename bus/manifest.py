@@ -71,6 +71,22 @@ class HostSpec:
 
 
 @dataclass(frozen=True)
+class CommandSpec:
+    """A top-level CLI verb of the system (`teebus <name> ...`), beside `teebus <system> ...`.
+
+    `target` is `register(parser, common)`, as for `Manifest.verbs`.
+    """
+
+    name: str
+    target: str
+    help: str
+
+    def __post_init__(self) -> None:
+        if not _SITE.match(self.name):
+            raise ValueError(f"command name {self.name!r} must be lower-case letters, digits or '-'")
+
+
+@dataclass(frozen=True)
 class RoleSpec:
     """An extra NATS role of the system (beyond its components' role), e.g. for helper processes.
 
@@ -96,6 +112,8 @@ class Manifest:
     roles: tuple[RoleSpec, ...] = ()
     secret_fields: tuple[str, ...] = ()                      # message fields logs never show
     verbs: str | None = None                                 # "module:register" for `teebus <system> ...`
+    commands: tuple[CommandSpec, ...] = ()                   # top-level verbs (`teebus users ...`)
+    demo: str | None = None        # "module:fn", `async fn(admin client)`: demo data for `teebus up --demo`
     hosts: tuple[HostSpec, ...] = ()                         # processes of its own (`teebus.host`)
 
     def __post_init__(self) -> None:

@@ -145,13 +145,15 @@ class Records(Generic[V]):
             self._mirror.pop(key, None)
             self._tombstones.add(key)
 
-    async def mutate(self, key: str, change: Callable[[V], Awaitable[V] | V]) -> Change[V]:
+    async def mutate(self, key: str, change: Callable[[V], Awaitable[V] | V], *,
+                     attempts: int = MAX_CAS_ATTEMPTS) -> Change[V]:
         """Read-modify-write with compare-and-set, retried when another writer got there first.
 
         `change` gets the current value (a copy, for dicts) and returns the new one; returning the
-        value unchanged writes nothing. The result holds the record before and after.
+        value unchanged writes nothing. The result holds the record before and after. Of N writers
+        racing on one key, one wins each round: `attempts` should be at least N.
         """
-        for _ in range(MAX_CAS_ATTEMPTS):
+        for _ in range(attempts):
             current = await self.get(key)
             new_value = change(dict(current.value) if isinstance(current.value, dict) else current.value)
             if isinstance(new_value, Awaitable):
@@ -162,7 +164,7 @@ class Records(Generic[V]):
                 return Change(current, await self.update(key, new_value, current.revision))
             except Conflict:
                 continue
-        raise Conflict(f"{key} is changing too fast: gave up after {MAX_CAS_ATTEMPTS} attempts")
+        raise Conflict(f"{key} is changing too fast: gave up after {attempts} attempts")
 
     async def keys(self) -> list[str]:
         try:

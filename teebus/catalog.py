@@ -17,6 +17,9 @@ class Catalog:
         names = [manifest.name for manifest in self.systems]
         if len(names) != len(set(names)):
             raise ValueError(f"systems repeat: {names}")
+        verbs = names + [command.name for manifest in self.systems for command in manifest.commands]
+        if len(verbs) != len(set(verbs)):
+            raise ValueError(f"top-level commands repeat (a system's name is one too): {sorted(verbs)}")
 
     def manifest(self, system: str) -> Manifest:
         for manifest in self.systems:

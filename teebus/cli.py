@@ -50,6 +50,8 @@ def build_parser(catalog: Catalog) -> argparse.ArgumentParser:
     up.add_argument("--nats-port", type=int, help=f"embedded server port (default {DEFAULT_NATS_PORT})")
     up.add_argument("--nats-conf", type=Path, help="embedded server settings (default: ./nats.conf "
                     "of the teebus checkout)")
+    up.add_argument("--demo", action="store_true", help="also create the systems' demo data, so the seeds' "
+                    "examples run verbatim (MesaTEE: users user1/token1 and user2/token2); never in production")
     _deployment(up, catalog)
 
     run = commands.add_parser("run", help="run chosen components/adapters against --nats URL")
@@ -97,6 +99,8 @@ def build_parser(catalog: Catalog) -> argparse.ArgumentParser:
         if manifest.verbs:
             verbs = commands.add_parser(manifest.name, help=f"{manifest.summary}: client commands")
             load(manifest.verbs)(verbs, _common)   # the system adds `_common` to each of its verbs
+        for command in manifest.commands:
+            load(command.target)(commands.add_parser(command.name, help=command.help), _common)
     return parser
 
 
@@ -139,7 +143,7 @@ async def dispatch(args: argparse.Namespace, catalog: Catalog, settings: Setting
     from teebus import launcher, tools  # the runtime: not needed to parse or print help
 
     if args.command == "up":
-        failure = await launcher.serve_until_signalled(launcher.Deployment(settings, catalog))
+        failure = await launcher.serve_until_signalled(launcher.Deployment(settings, catalog, demo=args.demo))
         if failure:
             print(f"teebus: {failure}", file=sys.stderr)
         return 1 if failure else 0

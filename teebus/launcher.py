@@ -164,6 +164,7 @@ class Deployment:
 
     settings: Settings
     catalog: Catalog = field(default_factory=default_catalog)
+    demo: bool = False               # `teebus up --demo`: each system's demo data too (never by default)
     server: EmbeddedServer | None = None
     node: Node | None = None
     failure: str | None = None
@@ -181,11 +182,23 @@ class Deployment:
         self.node = Node(self.settings, self.catalog.names(), self.catalog)
         try:
             await self.node.start()
+            if self.demo:
+                await self._create_demo_data()
         except BaseException:
             await self.stop()
             raise
         if self.server is not None:
             self._supervisor = asyncio.create_task(self._supervise(self.server), name="nats-server supervisor")
+
+    async def _create_demo_data(self) -> None:
+        admin = await connect(self.settings.url, roles.ADMIN, data_dir=self.settings.data_dir, name="teebus-demo")
+        try:
+            for manifest in self.catalog.systems:
+                if manifest.demo:
+                    await load(manifest.demo)(admin)
+                    _log.warning("demo data created: not for production", system=manifest.name)
+        finally:
+            await admin.close()
 
     async def _supervise(self, server: EmbeddedServer) -> None:
         exits: list[float] = []

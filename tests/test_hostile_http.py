@@ -35,6 +35,7 @@ from bus.requester import Requester
 from bus.server import free_port
 from components.enarx import evidence
 from components.enarx.client import EnarxClient, kuuid_text
+from components.mesatee.system import MANIFEST as mesatee_manifest
 from teebus.launcher import Node
 from teebus.testing import settings_for
 from tests.conftest import eventually, internal_token
@@ -338,7 +339,8 @@ async def limited(start_node, connect_as, data_dir) -> AsyncIterator[Callable[..
 
     async def factory(kms: dict | None = None, probe: dict | None = None, total: int | None = None) -> Limited:
         kms_port, probe_port = free_port(), free_port()
-        kms_site = dataclasses.replace(mesatee_http.sites({"mesatee-kms": kms_port})[0], **(kms or {}))
+        declared = mesatee_http.sites({**mesatee_manifest.ports, "mesatee-kms": kms_port})
+        kms_site = dataclasses.replace(next(s for s in declared if s.name == "mesatee-kms"), **(kms or {}))
         probe_site = Site("probe", probe_port, "adapter", probe_routes, mesatee_http.render_error, **(probe or {}))
         server = HttpServer(HOST, data_dir, max_connections=total)
         await server.start([kms_site, probe_site], requesters)

@@ -33,7 +33,10 @@ async def read(request: web.BaseRequest, limit: int, timeout: float = DEFAULT_BO
     it stalls for `timeout` seconds."""
     try:
         if request.content.is_eof():        # it all arrived with the headers: nothing to wait for
-            return await request.read()     # (bounded by the site's client_max_size)
+            body = await request.read()     # (bounded by the site's client_max_size)
+            if len(body) > limit:           # a route may allow less than its site
+                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+            return body
         return await _read_arriving(request, limit, timeout)
     except web.HTTPRequestEntityTooLarge:
         raise _unread(request, 413, _too_large(request, limit)) from None

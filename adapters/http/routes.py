@@ -20,6 +20,7 @@ from aiohttp import web
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 PATH_PARAMS = web.RequestKey("teebus_path_params", dict)  # where a request keeps its `{name}` segments
+BODY_LIMIT = web.RequestKey("teebus_body_limit", int)     # its route's own body limit, when it has one
 _SEGMENT = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -39,6 +40,9 @@ class Route:
     path: str          # e.g. "/keep/{kuuid}": a {name} matches one non-empty path segment
     handler: Handler | None
     forward: Forward | None = None
+    # This route's own bound on bodies, instead of its site's. `SiteContext.body` may read whole
+    # bodies only up to the site's limit: a route allowing more streams `request.content` itself.
+    body_limit: int | None = None
 
 
 def get(path: str, handler: Handler) -> Route:
@@ -51,6 +55,10 @@ def post(path: str, handler: Handler) -> Route:
 
 def delete(path: str, handler: Handler) -> Route:
     return Route("DELETE", path, handler)
+
+
+def put(path: str, handler: Handler, *, body_limit: int | None = None) -> Route:
+    return Route("PUT", path, handler, body_limit=body_limit)
 
 
 def forward(method: str, path: str, subject: Callable[[Mapping[str, str]], str], *,
@@ -80,22 +88,27 @@ class NoRoute(Exception):
 
 class Router:
     def __init__(self, routes: list[Route]) -> None:
-        self._exact: dict[str, dict[str, Handler]] = {}
-        self._templates: list[tuple[re.Pattern[str], dict[str, Handler]]] = []
-        templates: dict[str, dict[str, Handler]] = {}
+        self._exact: dict[str, dict[str, Route]] = {}
+        self._templates: list[tuple[re.Pattern[str], dict[str, Route]]] = []
+        templates: dict[str, dict[str, Route]] = {}
         for route in routes:
             if route.handler is None:
                 raise ValueError(f"route {route.method} {route.path} has no handler (the runner binds "
                                  "forwarding routes)")
             path = _without_slash(route.path)
             methods = templates.setdefault(path, {}) if _SEGMENT.search(path) else self._exact.setdefault(path, {})
-            methods[route.method] = route.handler
+            methods[route.method] = route
             if route.method == "GET":
-                methods.setdefault("HEAD", route.handler)
+                methods.setdefault("HEAD", route)
         self._templates = [(_compile(path), methods) for path, methods in templates.items()]
 
     def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
         """The handler and path parameters for a request; NoRoute when there is none."""
+        route, params = self.match(method, path)
+        return route.handler, params
+
+    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+        """The route and path parameters for a request; NoRoute when there is none."""
         methods, params = self._exact.get(path), {}
         if methods is None and path.endswith("/"):
             path = _without_slash(path)
@@ -108,10 +121,10 @@ class Router:
                     break
             else:
                 raise NoRoute(404)
-        handler = methods.get(method)
-        if handler is None:
+        route = methods.get(method)
+        if route is None:
             raise NoRoute(405, tuple(methods))
-        return handler, params
+        return route, params
 
 
 def _compile(template: str) -> re.Pattern[str]:

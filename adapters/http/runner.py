@@ -34,7 +34,7 @@ from aiohttp import HttpVersion11, web
 from aiohttp.hdrs import CONTENT_ENCODING, EXPECT
 
 from adapters.http import aiohttp_internals, bodies
-from adapters.http.routes import PATH_PARAMS, Handler, NoRoute, Route, Router
+from adapters.http.routes import BODY_LIMIT, PATH_PARAMS, Handler, NoRoute, Route, Router
 from bus import headers, log
 from bus.credentials import ensure_secret_file
 from bus.errors import BusError, Unauthorized
@@ -94,8 +94,8 @@ class SiteContext:
                                "with the token from <data-dir>/internal.token")
 
     async def body(self, request: web.BaseRequest) -> bytes:
-        """The request body, refused with 413 beyond the site's limit and 408 when it stalls."""
-        return await bodies.read(request, self.site.body_limit, self.site.body_timeout)
+        """The request body, refused with 413 beyond its route's limit and 408 when it stalls."""
+        return await bodies.read(request, request.get(BODY_LIMIT, self.site.body_limit), self.site.body_timeout)
 
     async def json(self, request: web.BaseRequest, expected: str) -> tuple[bytes, Any]:
         """The body as received and parsed as JSON (400 naming `expected` when it is not)."""
@@ -123,17 +123,19 @@ def internal_token_digest(data_dir: Path) -> bytes:
 def site_handler(site: Site, context: SiteContext) -> Handler:
     """The one handler of a site: request id and logging context, routing, errors in the API's shape."""
     router = Router([_bound(route, context) for route in site.routes(context)])
-    body_limit = site.body_limit
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         offered = request.headers.get(REQUEST_ID_HEADER)
         request_id = offered if offered and _REQUEST_ID.match(offered) else log.new_request_id()
         log.bind_request(request_id, site=site.name, method=request.method, path=request.path)
         try:
-            handler, params = router.resolve(request.method, request.path)
+            route, params = router.match(request.method, request.path)
             context.authorize(request)
             if params:
                 request[PATH_PARAMS] = params
+            body_limit = site.body_limit
+            if route.body_limit is not None:
+                body_limit = request[BODY_LIMIT] = route.body_limit
             length = request.content_length
             if length is not None and length > body_limit:
                 raise bodies.too_large(request, body_limit)     # before a byte of the body is read
@@ -141,7 +143,7 @@ def site_handler(site: Site, context: SiteContext) -> Handler:
                 _identity_only(request)
             if EXPECT in request.headers:
                 await _answer_expect(request)
-            response = await handler(request)
+            response = await route.handler(request)
         except NoRoute as exc:
             response = _no_route(site, request, exc)
         except BusError as exc:

@@ -7,11 +7,11 @@ so a recording of bus traffic reads in the API's own terms.
 from __future__ import annotations
 
 import binascii
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from bus.errors import BadRequest
+from components.mesatee.fields import UUID
 from components.mesatee.subjects import KMS_OPERATIONS
 
 KEY_BYTES = 32
@@ -20,7 +20,6 @@ AD_BYTES = 5
 AD_OFFSET = KEY_BYTES + NONCE_BYTES
 MATERIAL_BYTES = KEY_BYTES + NONCE_BYTES + AD_BYTES   # one AEADKeyConfig, as sealed at rest
 MAX_KEY_ID_CHARS = 64
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 
 
 def _base64(data: bytes) -> str:
@@ -49,7 +48,7 @@ def parse_key_id(value: Any) -> str:
                          "\"cfbe341e-cf3c-463e-a493-6b22c57f51d4\"")
     if len(value) > MAX_KEY_ID_CHARS:
         raise BadRequest(f"key_id is longer than {MAX_KEY_ID_CHARS} characters; it must be a UUID")
-    if not _UUID.match(value):
+    if not UUID.match(value):
         raise BadRequest(f"key_id {value!r} is not a UUID (8-4-4-4-12 hexadecimal digits)")
     return value.lower()
 

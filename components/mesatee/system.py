@@ -1,17 +1,26 @@
 """MesaTEE's manifest: what teebus runs, configures and permits for it (bus/manifest.py)."""
 
-from bus.manifest import AdapterSpec, ComponentSpec, Manifest
+from bus.manifest import AdapterSpec, CommandSpec, ComponentSpec, Manifest
 from components.mesatee.config import MesateeConfig
 from components.mesatee.subjects import SYSTEM
 
 MANIFEST = Manifest(
     name=SYSTEM,
-    summary="MesaTEE services: KMS (more to come)",
+    summary="MesaTEE services: users, KMS, Trusted DFS, task management, function node",
     config=MesateeConfig,
-    components=(ComponentSpec("kms", "components.mesatee.kms:KmsComponent"),),
+    components=(ComponentSpec("kms", "components.mesatee.kms:KmsComponent"),
+                ComponentSpec("users", "components.mesatee.users:UsersComponent"),
+                ComponentSpec("tdfs", "components.mesatee.tdfs:TdfsComponent"),
+                ComponentSpec("tms", "components.mesatee.tms:TmsComponent"),
+                ComponentSpec("fns", "components.mesatee.fns:FnsComponent"),),
     adapters=(AdapterSpec("http", "adapters.http.mesatee:sites"),),
-    ports={"mesatee-kms": 6016},
-    buckets=("mesatee_kms_keys",),
-    secret_fields=("config", "nonce", "ad"),    # a KMS reply's key material
+    ports={"mesatee-kms": 6016, "mesatee-tdfs": 5065, "mesatee-tdfs-internal": 5066,
+           "mesatee-tms": 5554, "mesatee-tms-internal": 5555, "mesatee-fns": 3444},
+    buckets=("mesatee_kms_keys", "mesatee_users", "mesatee_tdfs_files", "mesatee_tms_tasks"),
+    secret_fields=("config", "nonce", "ad",     # a KMS reply's key material
+                   "user_token", "token"),     # a user's credential (users.py)
     verbs="components.mesatee.cli:register",
+    commands=(CommandSpec("users", "components.mesatee.users_cli:register",
+                          "MesaTEE users: add, list, remove, rotate (tokens shown once)"),),
+    demo="components.mesatee.users_cli:create_demo_users",
 )
