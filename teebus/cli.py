@@ -33,6 +33,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _deployment(parser: argparse.ArgumentParser, catalog: Catalog) -> None:
     """Options of `up`, `run` and `config`: where things listen, and every system's own group."""
     parser.add_argument("--host", help="address the HTTP adapters listen on (default 127.0.0.1)")
+    parser.add_argument("--internal-host", help="address the internal sites (behind internal.token) listen "
+                        "on (default 127.0.0.1, whatever --host says)")
     parser.add_argument("--port", action="append", default=[], metavar="SITE=PORT",
                         help=f"move one site (sites: {', '.join(catalog.ports())})")
     parser.add_argument("--replicas", type=int, help="JetStream copies of each bucket and stream (default 1)")
@@ -109,7 +111,7 @@ def command_line_document(args: argparse.Namespace, catalog: Catalog) -> dict[st
     values = vars(args)
     core = {name: values.get(option) for name, option in (
         ("data_dir", "data_dir"), ("nats_url", "nats"), ("log_level", "log_level"), ("nats_port", "nats_port"),
-        ("http_host", "host"), ("replicas", "replicas"))}
+        ("http_host", "host"), ("internal_host", "internal_host"), ("replicas", "replicas"))}
     if values.get("nats_conf"):
         core["nats_conf"] = values["nats_conf"].resolve()
     document: dict[str, Any] = {"teebus": {k: v for k, v in core.items() if v is not None}}

@@ -100,7 +100,8 @@ class Node:
 
     async def _start_http(self, sites: list) -> None:
         requesters = {role: await self._requester(role) for role in sorted({site.role for site in sites})}
-        self.http = HttpServer(self.settings.http_host, self.settings.data_dir)
+        self.http = HttpServer(self.settings.http_host, self.settings.data_dir,
+                               internal_host=self.settings.internal_host)
         await self.http.start(sites, requesters)
 
     async def _start_sockets(self, sockets: list[Socket]) -> None:

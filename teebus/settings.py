@@ -34,6 +34,7 @@ class Settings:
     nats_port: int = DEFAULT_NATS_PORT
     nats_conf: Path = DEFAULT_CONF
     http_host: str = "127.0.0.1"
+    internal_host: str = "127.0.0.1"      # where internal sites (behind internal.token) listen
     log_level: str = "info"
     replicas: int = 1                     # JetStream copies of every bucket, stream and store
     # filled by `build`: every site's port (defaults applied), and each system's configuration object

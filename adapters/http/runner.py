@@ -271,12 +271,15 @@ def _refusal(site: Site) -> bytes:
 
 @dataclass
 class HttpServer:
-    """Serves a set of sites on `host`; `start` fails clearly when a port is taken. `max_connections`
-    bounds the connections of all its sites together (see `total_connections`)."""
+    """Serves a set of sites on `host`, internal ones on `internal_host` (loopback unless the operator
+    says otherwise: they answer only to the internal credential, and need not face a network);
+    `start` fails clearly when a port is taken. `max_connections` bounds the connections of all its
+    sites together (see `total_connections`)."""
 
     host: str
     data_dir: Path
     max_connections: int | None = None
+    internal_host: str = "127.0.0.1"
     _runners: list[web.ServerRunner] = field(default_factory=list)
     bound: dict[str, str] = field(default_factory=dict)
     budget: aiohttp_internals.ConnectionBudget | None = None
@@ -289,17 +292,18 @@ class HttpServer:
             runner = web.ServerRunner(build_server(site, requesters[site.role], self.data_dir, self.budget),
                                       handle_signals=False)
             await runner.setup()
+            host = self.internal_host if site.internal else self.host
             try:
                 await aiohttp_internals.TCPSite(
-                    runner, self.host, site.port, backlog=1024, ssl_context=site.tls,
+                    runner, host, site.port, backlog=1024, ssl_context=site.tls,
                     ssl_handshake_timeout=min(TLS_HANDSHAKE_TIMEOUT, site.idle_timeout)).start()
             except OSError as exc:
                 await runner.cleanup()
                 await self.stop()
-                raise OSError(f"cannot listen on {self.host}:{site.port} for {site.name}: {exc.strerror}; "
+                raise OSError(f"cannot listen on {host}:{site.port} for {site.name}: {exc.strerror}; "
                               f"free the port or move the site with --port {site.name}=PORT") from None
             self._runners.append(runner)
-            self.bound[site.name] = f"{'https' if site.tls else 'http'}://{self.host}:{site.port}"
+            self.bound[site.name] = f"{'https' if site.tls else 'http'}://{host}:{site.port}"
 
     async def stop(self) -> None:
         for runner in reversed(self._runners):
