@@ -19,8 +19,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bus.requester import Requester
 from components.mesatee import subjects
-from teebus.launcher import Node
-from teebus.testing import settings_for
+from bus.server import free_port
+from teebus.launcher import Deployment, Node
+from teebus.settings import build
+from teebus.testing import free_ports, settings_for
 from tests.conftest import eventually, internal_token
 
 NAMES = ["mesatee.users", "mesatee.kms", "mesatee.tdfs", "mesatee.tms", "mesatee.fns", "http.mesatee"]
@@ -40,6 +42,7 @@ class Stack:
 
     def __init__(self, bus, catalog) -> None:
         self.bus, self.catalog = bus, catalog
+        self.data_dir = bus.data_dir if bus else None
         self.node: Node | None = None
         self.session: aiohttp.ClientSession | None = None
 
@@ -57,7 +60,7 @@ class Stack:
 
     async def post(self, site: str, body: Any) -> tuple[int, dict]:
         data = body if isinstance(body, bytes) else orjson.dumps(body)
-        hdrs = {"Authorization": f"Bearer {internal_token(self.bus.data_dir)}"} if "internal" in site else {}
+        hdrs = {"Authorization": f"Bearer {internal_token(self.data_dir)}"} if "internal" in site else {}
         async with self.session.post(self.url(site) + "/", data=data, headers=hdrs) as response:
             return response.status, orjson.loads(await response.read())
 
@@ -396,3 +399,55 @@ async def test_a_task_past_its_deadline_fails_and_the_node_goes_on(stack, users)
         assert await stack.call("mesatee-fns", invoke_body(echo, "echo", "still here")) == {"result": "still here"}
     finally:
         await stack.restart()
+
+
+async def test_internal_sites_stay_on_loopback_when_the_others_face_the_network(bus, catalog):
+    node = Node(settings_for(bus, catalog, {"teebus": {"http_host": "0.0.0.0"}}), ["http.mesatee"], catalog)
+    async with node:
+        bound = node.http.bound
+        assert bound["mesatee-tms"].startswith("http://0.0.0.0:") and bound["mesatee-fns"].startswith("http://0.0.0.0:")
+        for internal in ("mesatee-kms", "mesatee-tms-internal", "mesatee-tdfs-internal"):
+            assert bound[internal].startswith("http://127.0.0.1:"), bound
+
+
+class WholeSystem(Stack):
+    """`teebus up --demo` in-process: its own nats-server and data directory, every system."""
+
+    def __init__(self, data_dir: Path, catalog) -> None:
+        super().__init__(None, catalog)
+        self.data_dir = data_dir
+        self.settings = build(catalog, {"teebus": {"data_dir": data_dir, "nats_port": free_port()},
+                                        "ports": free_ports(catalog)})
+        self.deployment: Deployment | None = None
+
+    async def start(self, document: dict | None = None, demo: bool = False) -> None:
+        self.deployment = Deployment(self.settings, self.catalog, demo=demo)
+        await self.deployment.start()
+        self.node = self.deployment.node
+        self.session = self.session or aiohttp.ClientSession()
+
+    async def stop(self) -> None:
+        await self.deployment.stop()
+
+
+async def test_a_restart_of_everything_keeps_users_files_tasks_and_results(tmp_path, catalog):
+    system = WholeSystem(tmp_path / "data", catalog)
+    await system.start(demo=True)
+    try:
+        psi = await psi_task(system, ("user1", "token1"), ("user2", "token2"), (A + B + D + E, B + C + D))
+        assert await system.call("mesatee-fns", invoke_body(psi, "psi")) == {"result": "Finished"}
+        waiting = await system.call("mesatee-tms", SEED_ECHO)
+    finally:
+        await system.stop()
+    await system.start()                                   # no --demo: the users are the stored ones
+    try:
+        for user, token, golden in (("user1", "token1", bytes([0, 1, 1, 0])), ("user2", "token2", bytes([1, 0, 1]))):
+            task = await get_task(system, user, token, psi["task_id"])
+            assert task["status"] == "Finished"
+            assert await result_of(system, user, token, task["user_private_result_file_id"][0]) == golden
+        assert await system.call("mesatee-fns", invoke_body(waiting, "echo", "later")) == {"result": "later"}
+        status, _ = await system.post("mesatee-tms", {"type": "List", "user_id": "user1", "user_token": "token2"})
+        assert status == 401
+    finally:
+        await system.stop()
+        await system.session.close()
