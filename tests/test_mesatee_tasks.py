@@ -385,6 +385,22 @@ async def test_everything_survives_a_restart(stack):
     assert await stack.call("mesatee-fns", invoke_body(echo, "echo", "after")) == {"result": "after"}
 
 
+async def test_a_user_holds_at_most_tms_max_tasks_per_user_tasks(stack, users):
+    await stack.restart({"mesatee": {"tms_max_tasks_per_user": 2}})
+    try:
+        (user, token), _ = users
+        make = {"type": "Create", "function_name": "echo", "collaborator_list": [], "files": [], "user_id": user,
+                "user_token": token}
+        await stack.call("mesatee-tms", make)
+        await stack.call("mesatee-tms", make)
+        status, error = await stack.post("mesatee-tms", make)
+        assert status == 413 and "tms_max_tasks_per_user" in error["message"]
+        listed = await stack.call("mesatee-tms", {"type": "List", "user_id": user, "user_token": token})
+        assert len(listed["list"]) == 2                      # the refused one left nothing behind
+    finally:
+        await stack.restart()
+
+
 async def test_a_task_past_its_deadline_fails_and_the_node_goes_on(stack, users):
     await stack.restart({"mesatee": {"fns_deadline_seconds": 0.2, "fns_workers": 1}})
     try:

@@ -11,7 +11,8 @@ from components.mesatee.kms_cache import DEFAULT_MAX_ENTRIES
 @dataclass(frozen=True)
 class MesateeConfig:
     kms_opened_configs: int = DEFAULT_MAX_ENTRIES   # opened key configs the KMS keeps for repeated Gets
-    tms_max_tasks_per_user: int = 10_000   # tasks one user may create (bounds the bucket and List)
+    tms_max_tasks_per_user: int = 10_000   # tasks one user may create (bounds List)
+    tms_max_tasks: int = 100_000           # tasks altogether (the TMS's mirror holds them all)
     fns_ip: str = ""                       # the function node's address in TMS replies (default: the sites' host)
     fns_workers: int = 0                   # worker processes running functions (0: one per core)
     fns_deadline_seconds: float = 300.0    # a task running longer is stopped and Failed
@@ -25,8 +26,9 @@ class MesateeConfig:
     def __post_init__(self) -> None:
         if self.kms_opened_configs < 1:
             raise ValueError(f"kms_opened_configs must be at least 1, not {self.kms_opened_configs}")
-        if self.tms_max_tasks_per_user < 1:
-            raise ValueError(f"tms_max_tasks_per_user must be at least 1, not {self.tms_max_tasks_per_user}")
+        if not 1 <= self.tms_max_tasks_per_user <= self.tms_max_tasks:
+            raise ValueError(f"tms_max_tasks_per_user must be between 1 and tms_max_tasks ({self.tms_max_tasks}), "
+                             f"not {self.tms_max_tasks_per_user}")
         if not 0 <= self.fns_workers <= 256:
             raise ValueError(f"fns_workers must be between 0 (one per core) and 256, not {self.fns_workers}")
         if not 0 < self.fns_deadline_seconds <= MAX_DEADLINE_SECONDS:

@@ -38,7 +38,7 @@ class TmsComponent(Component):
     async def setup(self) -> None:
         self.tasks = await self.open_records(BUCKET, kind=Task, description="MesaTEE tasks",
                                              max_value_size=64 * 1024)
-        await self.tasks.mirror()      # List scans the tasks a user takes part in
+        await self.tasks.mirror(limit=2 * self.config.tms_max_tasks)   # List scans the tasks a user takes part in
         self.fns = {"ip": _fns_ip(self.config.fns_ip or self.context.http_host),
                     "port": self.context.ports.get(FNS_SITE, 3444)}
         self.every(SWEEP_SECONDS, self._sweep, "sweep lost tasks")
@@ -151,7 +151,11 @@ class TmsComponent(Component):
                                "files shared with you")
 
     def _check_quota(self, user: str) -> None:
-        owned = sum(1 for r in self.tasks.mirrored() if r.value.user_id == user)
+        tasks = self.tasks.mirrored()
+        if len(tasks) >= self.config.tms_max_tasks:
+            raise TooLarge(f"the task management service holds {len(tasks)} tasks, its limit "
+                           "(tms_max_tasks); ask the operator to raise it")
+        owned = sum(1 for r in tasks if r.value.user_id == user)
         if owned >= self.config.tms_max_tasks_per_user:
             raise TooLarge(f"user {user} has {owned} tasks, the most one user may hold "
                            f"(tms_max_tasks_per_user); finished tasks are kept for their results")
