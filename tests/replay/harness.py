@@ -14,12 +14,20 @@ message with bound values substituted), the Content-Type and the decoded payload
 scenario's `Normaliser` declares random are compared by shape and bound; every other field must be
 equal. Afterwards the events the replay caused are compared with the recorded ones, in order, the
 same way. Differences are collected, not raised at the first one, so one run shows them all.
+
+When the recording names its driver's inbox (recorder.py, `is_driven`), only the driver's requests
+are resent; the requests the components made of each other are made again by the replayed
+components, and compared afterwards like the events: the same exchanges in the same order (subject,
+request and reply, random fields by shape and binding), among those carrying the scenario's request
+ids. Side effects off the bus (a client writing a file where the TDFS said) are the scenario's:
+its `after_reply(exchange, replayed_reply)` runs after each replayed reply, before the next request.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import cbor2
 import orjson
@@ -28,11 +36,15 @@ from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
 from bus import headers as hdr
 from tests.replay.normalise import Bindings, Normaliser, FieldPath, describe, fresh_like, same_shape, show_path
-from tests.replay.recorder import Recorder, to_message
+from tests.replay.recorder import DRIVER_INBOX, Recorder, is_driven, to_message
 from tests.replay.recording import Exchange, Message, Recording
 
 REPLY_TIMEOUT = 5.0
 _MISSING = "<missing>"
+
+# Called with each recorded exchange the replay resent and the reply it got: the scenario's side
+# effects off the bus (None or an awaitable).
+AfterReply = Callable[[Exchange, Message], Awaitable[None] | None]
 
 
 @dataclass(frozen=True)
@@ -72,13 +84,18 @@ class ReplayReport:
     differences: list[Difference] = field(default_factory=list)
     bindings: Bindings = field(default_factory=Bindings)
     replayed: Recording | None = None
+    component_exchanges_recorded: int = 0
+    component_exchanges_replayed: int = 0
 
     @property
     def ok(self) -> bool:
         return not self.differences
 
     def __str__(self) -> str:
-        head = (f"replay of {self.scenario!r}: {self.exchanges} exchanges, events "
+        components = (f"component exchanges {self.component_exchanges_replayed} replayed / "
+                      f"{self.component_exchanges_recorded} recorded, "
+                      if self.component_exchanges_recorded or self.component_exchanges_replayed else "")
+        head = (f"replay of {self.scenario!r}: {self.exchanges} exchanges, {components}events "
                 f"{self.events_replayed} replayed / {self.events_recorded} recorded, "
                 f"{len(self.differences)} difference{'' if len(self.differences) == 1 else 's'}")
         return "\n  ".join([head, *map(str, self.differences)])
@@ -94,7 +111,7 @@ class Place:
 
     index: int | None
     subject: str
-    part: str  # "reply", "event"
+    part: str  # "reply", "event", "component request", "component reply"
 
 
 class Checker:
@@ -202,11 +219,13 @@ def encode_like(message: Message, value: Any) -> bytes:
 class Replayer:
     """Sends a recording's requests in order and checks each reply (one replay, one instance)."""
 
-    def __init__(self, client: Client, checker: Checker, timeout: float) -> None:
+    def __init__(self, client: Client, checker: Checker, timeout: float,
+                 after_reply: AfterReply | None = None) -> None:
         self.client = client
         self.checker = checker
         self.bindings = checker.bindings
         self.timeout = timeout
+        self.after_reply = after_reply
         self.sent_request_ids: set[str] = set()
 
     async def exchange(self, exchange: Exchange) -> None:
@@ -220,8 +239,12 @@ class Replayer:
         if exchange.reply is None or replayed is None:
             if exchange.reply is not replayed:
                 self.checker.differ(place, "(the whole reply)", _summary(exchange.reply), _summary(replayed))
-            return
-        self.checker.message(place, exchange.reply, replayed)
+        else:
+            self.checker.message(place, exchange.reply, replayed)
+        if self.after_reply is not None and replayed is not None:
+            effect = self.after_reply(exchange, replayed)
+            if inspect.isawaitable(effect):
+                await effect
 
     async def _send(self, request: Message) -> Message | None:
         """The request rewritten with the bindings; None when nobody answered in time."""
@@ -269,6 +292,40 @@ def scenario_events(events: list[Message], request_ids: set[str]) -> list[Messag
             if event.headers.get(hdr.REQUEST_ID) in (None, *request_ids)]
 
 
+def scenario_exchanges(exchanges: list[Exchange], request_ids: set[str]) -> list[Exchange]:
+    """The exchanges carrying one of the scenario's request ids (components pass the id on)."""
+    return [exchange for exchange in exchanges if exchange.request.headers.get(hdr.REQUEST_ID) in request_ids]
+
+
+def compare_component_exchanges(checker: Checker, recorded: list[Exchange], replayed: list[Exchange]) -> None:
+    """The requests components made of each other: the same ones in the same order, each with its reply."""
+    for position in range(max(len(recorded), len(replayed))):
+        if position >= len(replayed):
+            request = recorded[position].request
+            checker.differ(Place(request.index, request.subject, "component request"), "", request.json_view(),
+                           _MISSING, "the replayed components made fewer requests")
+        elif position >= len(recorded):
+            request = replayed[position].request
+            checker.differ(Place(None, request.subject, "component request"), "", _MISSING, request.json_view(),
+                           "the replayed components made an extra request")
+        else:
+            _compare_component_exchange(checker, recorded[position], replayed[position])
+
+
+def _compare_component_exchange(checker: Checker, recorded: Exchange, replayed: Exchange) -> None:
+    request = recorded.request
+    place = Place(request.index, request.subject, "component request")
+    if checker.bindings.substitute_subject(request.subject) != replayed.request.subject:
+        checker.differ(place, "subject", request.subject, replayed.request.subject)
+    checker.message(place, request, replayed.request)
+    place = Place(request.index, request.subject, "component reply")
+    if recorded.reply is None or replayed.reply is None:
+        if recorded.reply is not replayed.reply:
+            checker.differ(place, "(the whole reply)", _summary(recorded.reply), _summary(replayed.reply))
+        return
+    checker.message(place, recorded.reply, replayed.reply)
+
+
 def compare_events(checker: Checker, recorded: list[Message], replayed: list[Message]) -> None:
     """Same events in the same order: subject, compared/random headers, payload fields."""
     for position in range(max(len(recorded), len(replayed))):
@@ -293,23 +350,41 @@ def _compare_event(checker: Checker, recorded: Message, replayed: Message) -> No
 
 
 async def replay(recording: Recording, client: Client, observer: Client, normaliser: Normaliser,
-                 *, timeout: float = REPLY_TIMEOUT) -> ReplayReport:
+                 *, timeout: float = REPLY_TIMEOUT, after_reply: AfterReply | None = None) -> ReplayReport:
     """Replay `recording` through `client`, watch the bus with `observer`, return the report.
 
     `client` must be allowed to request the recorded subjects (e.g. the "component" role for
     internal ones); `observer` must be allowed to subscribe to `>` (the "admin" role: replies and internal subjects are hidden from the observer role).
+    A recording that names its driver's inbox is replayed through a connection of the same role
+    (its replies must come to that prefix, or the replay could not tell its requests from the
+    components'). `after_reply` performs the scenario's side effects off the bus (see above).
     """
+    driver_inbox = recording.meta.get(DRIVER_INBOX)
+    if driver_inbox is not None and not client.new_inbox().startswith(driver_inbox):
+        raise ValueError(f"the recording was driven from {driver_inbox}*: replay it through a connection "
+                         f"of that role, not one whose replies come to {client.new_inbox()}")
+    driven = [exchange for exchange in recording.exchanges if is_driven(exchange, driver_inbox)]
     checker = Checker(normaliser, Bindings())
-    replayer = Replayer(client, checker, timeout)
-    async with Recorder(observer, f"replay of {recording.scenario}") as watcher:
-        for exchange in recording.exchanges:
+    replayer = Replayer(client, checker, timeout, after_reply)
+    async with Recorder(observer, f"replay of {recording.scenario}", driver_inbox=driver_inbox) as watcher:
+        for exchange in driven:
             await replayer.exchange(exchange)
-    recorded_events = scenario_events(recording.events, _request_ids(recording))
+    recorded_ids = _request_ids(driven)
+    recorded_internal: list[Exchange] = []
+    replayed_internal: list[Exchange] = []
+    if driver_inbox is not None:
+        recorded_internal = scenario_exchanges([e for e in recording.exchanges if not is_driven(e, driver_inbox)],
+                                               recorded_ids)
+        replayed_internal = scenario_exchanges(
+            [e for e in watcher.recording.exchanges if not is_driven(e, driver_inbox)], replayer.sent_request_ids)
+        compare_component_exchanges(checker, recorded_internal, replayed_internal)
+    recorded_events = scenario_events(recording.events, recorded_ids)
     replayed_events = scenario_events(watcher.recording.events, replayer.sent_request_ids)
     compare_events(checker, recorded_events, replayed_events)
-    return ReplayReport(recording.scenario, len(recording.exchanges), len(recorded_events),
-                        len(replayed_events), checker.differences, checker.bindings, watcher.recording)
+    return ReplayReport(recording.scenario, len(driven), len(recorded_events), len(replayed_events),
+                        checker.differences, checker.bindings, watcher.recording,
+                        len(recorded_internal), len(replayed_internal))
 
 
-def _request_ids(recording: Recording) -> set[str]:
-    return {e.request.headers[hdr.REQUEST_ID] for e in recording.exchanges if hdr.REQUEST_ID in e.request.headers}
+def _request_ids(exchanges: list[Exchange]) -> set[str]:
+    return {e.request.headers[hdr.REQUEST_ID] for e in exchanges if hdr.REQUEST_ID in e.request.headers}

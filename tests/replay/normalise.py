@@ -2,11 +2,13 @@
 
 A scenario declares which fields are random (`Normaliser`); a replay cannot reproduce their values,
 only their shape (`same_shape`: a UUID stays a UUID, base64 keeps its decoded length, a timestamp
-stays a timestamp). Random values also flow: a Get sends the key_id its Create was given. So the
-replay learns `Bindings` (recorded value -> replayed value) wherever a random field shows up, and
-rewrites every later request with them. A binding is one-to-one: seeing a recorded value again
-with a different replayed value (e.g. Get returning other key material than Create) is a
-difference, and so are two recorded values collapsing into one replayed value.
+stays a timestamp, an absolute path stays one whose last part has the same shape: the directories
+above it differ from one data directory to the next). Random values also flow: a Get sends the
+key_id its Create was given. So the replay learns `Bindings` (recorded value -> replayed value)
+wherever a random field shows up, and rewrites every later request with them. A binding is
+one-to-one: seeing a recorded value again with a different replayed value (e.g. Get returning other
+key material than Create) is a difference, and so are two recorded values collapsing into one
+replayed value.
 """
 
 from __future__ import annotations
@@ -86,7 +88,14 @@ def _string_shapes(value: str) -> frozenset[Shape]:
     decoded = _base64_length(value)
     if decoded is not None:
         found.add(("base64", decoded))
+    if _is_absolute_path(value):
+        found.update(("path", *shape) for shape in shapes(value.rsplit("/", 1)[1]))
     return frozenset(found)
+
+
+def _is_absolute_path(value: str) -> bool:
+    return len(value) > 1 and value.startswith("/") and not value.endswith("/") and not any(
+        character.isspace() for character in value)
 
 
 def _uuid_version(value: str) -> int | None:
@@ -124,14 +133,17 @@ def same_shape(recorded: Any, replayed: Any) -> bool:
 
 def describe(value: Any) -> str:
     """A person's name for a value's shape, for difference reports."""
+    return " / ".join(_describe(shape) for shape in sorted(shapes(value), key=repr))
+
+
+def _describe(shape: Shape) -> str:
+    if shape[0] == "path":
+        return f"a path ending in {_describe(shape[1:])}"
     names = {"uuid": "UUIDv{}", "timestamp": "timestamp", "hex": "{} hex digits",
              "base64": "base64 of {} bytes", "text": "text of {} chars", "list": "list of {}",
              "object": "object with keys {}"}
-    parts = []
-    for shape in sorted(shapes(value), key=repr):
-        template = names.get(shape[0], shape[0])
-        parts.append(template.format(*shape[1:]) if "{}" in template else template)
-    return " / ".join(parts)
+    template = names.get(shape[0], shape[0])
+    return template.format(*shape[1:]) if "{}" in template else template
 
 
 def fresh_like(value: str) -> str:

@@ -16,6 +16,11 @@ The recorder subscribes to `>` and sorts each message into one of:
 
 Nothing is inferred from timing: requests and replies are paired by their exact reply subject, and
 `settle()` proves (by a PING/PONG round trip) that everything sent before it has been recorded.
+
+Requests the components make of each other (a TDFS asking the KMS for a key) are exchanges too.
+Given `driver_inbox` (the inbox prefix of the driver's role, `_INBOX.<role>.`: bus/roles.py), the
+recording's meta names it, and a replay resends only the exchanges whose reply subject starts with
+it (`is_driven`): the replayed components make their own requests again.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ NOISE_PREFIXES = ("$JS.", "$KV.", "$O.", "$SRV.")
 EVENTS_PREFIX = "events."
 INBOX_PREFIXES = ("_INBOX.",)
 SETTLE_TIMEOUT = 5.0
+DRIVER_INBOX = "driver_inbox"   # the meta field naming the driver's inbox prefix
 
 
 async def settle(client: Client, subscription: Subscription, timeout: float = SETTLE_TIMEOUT) -> None:
@@ -62,17 +68,28 @@ def is_noise(subject: str, inbox_prefixes: tuple[str, ...] = INBOX_PREFIXES) -> 
     return subject.startswith(NOISE_PREFIXES) or subject.startswith(inbox_prefixes)
 
 
+def is_driven(exchange: Exchange, driver_inbox: str | None) -> bool:
+    """Did the scenario's driver send this request (rather than a component, serving one)?
+
+    Without a `driver_inbox` (recordings made before it was recorded) every exchange is the driver's.
+    """
+    return driver_inbox is None or (exchange.request.reply or "").startswith(driver_inbox)
+
+
 class Recorder:
     """Records everything on the bus between `__aenter__` and `__aexit__` (or `start`/`stop`)."""
 
     def __init__(self, observer: Client, scenario: str, *, meta: dict[str, Any] | None = None,
-                 inbox_prefixes: tuple[str, ...] = INBOX_PREFIXES) -> None:
+                 inbox_prefixes: tuple[str, ...] = INBOX_PREFIXES, driver_inbox: str | None = None) -> None:
         self._client = observer
         self._inbox_prefixes = inbox_prefixes
         self._subscription: Subscription | None = None
         self._next_index = 0
         self._awaiting_reply: dict[str, int] = {}       # reply subject -> position in exchanges
-        self.recording = Recording(scenario=scenario, meta=dict(meta or {}))
+        meta = dict(meta or {})
+        if driver_inbox is not None:
+            meta[DRIVER_INBOX] = driver_inbox
+        self.recording = Recording(scenario=scenario, meta=meta)
 
     async def __aenter__(self) -> "Recorder":
         await self.start()

@@ -14,13 +14,15 @@ A function is a module of this package with
   person can act on, which the task keeps and its users see. Reasons name files and owners,
   never contents or digests of contents: the collaborators of a task see them too.
 
-Adding a function is one new module plus its name in `_MODULES`. Everything that crosses to a
-worker process is a frozen dataclass of plain values, so it pickles.
+Adding a function is one new module in this package: every module here that defines `NAME` is
+a function (`files` is the shared helper, and defines none). Everything that crosses to a worker
+process is a frozen dataclass of plain values, so it pickles.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType, ModuleType
@@ -28,7 +30,6 @@ from typing import Any, Mapping
 
 from components.mesatee.kms_messages import AD_BYTES, KEY_BYTES, NONCE_BYTES
 
-_MODULES = ("echo", "psi")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
 _INTERFACE = ("NAME", "MULTIPARTY", "INLINE", "output_owners", "run")
 
@@ -130,7 +131,12 @@ def check_function(candidate: Any) -> Any:
 
 
 def _load() -> Mapping[str, ModuleType]:
-    modules = [check_function(importlib.import_module(f"{__name__}.{name}")) for name in _MODULES]
+    found = [importlib.import_module(f"{__name__}.{info.name}") for info in pkgutil.iter_modules(__path__)]
+    modules = sorted((check_function(module) for module in found if hasattr(module, "NAME")),
+                     key=lambda module: module.NAME)
+    names = [module.NAME for module in modules]
+    if len(names) != len(set(names)):
+        raise TypeError(f"two function modules declare one NAME: {names}")
     return MappingProxyType({module.NAME: module for module in modules})
 
 
