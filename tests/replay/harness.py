@@ -21,6 +21,12 @@ components, and compared afterwards like the events: the same exchanges in the s
 request and reply, random fields by shape and binding), among those carrying the scenario's request
 ids. Side effects off the bus (a client writing a file where the TDFS said) are the scenario's:
 its `after_reply(exchange, replayed_reply)` runs after each replayed reply, before the next request.
+A component's unanswered requests on a subject the normaliser declares polled (a keep manager
+pinging a keep loader until it answers) depend on timing and are not compared.
+
+Payloads are compared decoded: JSON, CBOR (byte strings and tag-37 UUIDs are values like any
+other, normalise.py), and octet-stream payloads too when the normaliser says they are CBOR items
+(`opaque_cbor`); any other opaque payload is compared byte for byte, bound values substituted.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
 from bus import headers as hdr
-from tests.replay.normalise import Bindings, Normaliser, FieldPath, describe, fresh_like, same_shape, show_path
+from tests.replay.normalise import (Bindings, Normaliser, FieldPath, bindable, describe, fresh_like, same_shape,
+                                    show_path)
 from tests.replay.recorder import DRIVER_INBOX, Recorder, is_driven, to_message
 from tests.replay.recording import Exchange, Message, Recording
 
@@ -143,7 +150,8 @@ class Checker:
                 self.random(place, f"header {name}", recorded.get(name), replayed.get(name))
 
     def payload(self, place: Place, recorded: Message, replayed: Message) -> None:
-        expected, got = decode(recorded), decode(replayed)
+        opaque_cbor = self.normaliser.opaque_cbor
+        expected, got = decode(recorded, opaque_cbor), decode(replayed, opaque_cbor)
         if isinstance(expected, bytes) or isinstance(got, bytes):
             if self.bindings.substitute_bytes(recorded.data) != replayed.data:
                 self.differ(place, "payload bytes", recorded.data, replayed.data)
@@ -180,7 +188,7 @@ class Checker:
             self.differ(place, f"{where} (random)", recorded, replayed,
                         f"shape {describe(recorded)} became {describe(replayed)}")
             return
-        if isinstance(recorded, str) and isinstance(replayed, str):
+        if bindable(recorded) and type(recorded) is type(replayed):
             problem = self.bindings.bind(recorded, replayed)
             if problem:
                 self.differ(place, f"{where} (random)", recorded, replayed, problem)
@@ -195,14 +203,15 @@ def _equal(left: Any, right: Any) -> bool:
     return type(left) is type(right) and left == right
 
 
-def decode(message: Message) -> Any:
-    """The payload as a value: JSON or CBOR decoded, None when empty, bytes when opaque or broken."""
+def decode(message: Message, opaque_cbor: bool = False) -> Any:
+    """The payload as a value: JSON or CBOR decoded (octet-stream too, as CBOR, with `opaque_cbor`),
+    None when empty, bytes when opaque or broken."""
     if not message.data:
         return None
     try:
         if message.content_type == hdr.JSON:
             return orjson.loads(message.data)
-        if message.content_type == hdr.CBOR:
+        if message.content_type == hdr.CBOR or (opaque_cbor and message.content_type == hdr.OCTETS):
             return cbor2.loads(message.data)
     except (orjson.JSONDecodeError, cbor2.CBORDecodeError, ValueError, EOFError):
         pass
@@ -210,8 +219,8 @@ def decode(message: Message) -> Any:
 
 
 def encode_like(message: Message, value: Any) -> bytes:
-    """Encode `value` the way `message` was (only called for JSON and CBOR payloads)."""
-    return cbor2.dumps(value) if message.content_type == hdr.CBOR else orjson.dumps(value)
+    """Encode `value` the way `message` was (only called for payloads `decode` decoded: JSON or CBOR)."""
+    return orjson.dumps(value) if message.content_type == hdr.JSON else cbor2.dumps(value)
 
 
 # --- the replay ---------------------------------------------------------------------------------
@@ -269,7 +278,7 @@ class Replayer:
         return sent
 
     def _payload(self, request: Message) -> bytes:
-        value = decode(request)
+        value = decode(request, self.checker.normaliser.opaque_cbor)
         if value is None:
             return request.data
         if isinstance(value, bytes):
@@ -292,9 +301,13 @@ def scenario_events(events: list[Message], request_ids: set[str]) -> list[Messag
             if event.headers.get(hdr.REQUEST_ID) in (None, *request_ids)]
 
 
-def scenario_exchanges(exchanges: list[Exchange], request_ids: set[str]) -> list[Exchange]:
-    """The exchanges carrying one of the scenario's request ids (components pass the id on)."""
-    return [exchange for exchange in exchanges if exchange.request.headers.get(hdr.REQUEST_ID) in request_ids]
+def scenario_exchanges(exchanges: list[Exchange], request_ids: set[str],
+                       normaliser: Normaliser | None = None) -> list[Exchange]:
+    """The exchanges carrying one of the scenario's request ids (components pass the id on), but
+    for the unanswered polls on the normaliser's `polled_subjects`."""
+    return [exchange for exchange in exchanges if exchange.request.headers.get(hdr.REQUEST_ID) in request_ids
+            and not (exchange.reply is None and normaliser is not None
+                     and normaliser.is_polled(exchange.request.subject))]
 
 
 def compare_component_exchanges(checker: Checker, recorded: list[Exchange], replayed: list[Exchange]) -> None:
@@ -374,9 +387,10 @@ async def replay(recording: Recording, client: Client, observer: Client, normali
     replayed_internal: list[Exchange] = []
     if driver_inbox is not None:
         recorded_internal = scenario_exchanges([e for e in recording.exchanges if not is_driven(e, driver_inbox)],
-                                               recorded_ids)
+                                               recorded_ids, normaliser)
         replayed_internal = scenario_exchanges(
-            [e for e in watcher.recording.exchanges if not is_driven(e, driver_inbox)], replayer.sent_request_ids)
+            [e for e in watcher.recording.exchanges if not is_driven(e, driver_inbox)], replayer.sent_request_ids,
+            normaliser)
         compare_component_exchanges(checker, recorded_internal, replayed_internal)
     recorded_events = scenario_events(recording.events, recorded_ids)
     replayed_events = scenario_events(watcher.recording.events, replayer.sent_request_ids)

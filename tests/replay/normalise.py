@@ -9,6 +9,11 @@ wherever a random field shows up, and rewrites every later request with them. A 
 one-to-one: seeing a recorded value again with a different replayed value (e.g. Get returning other
 key material than Create) is a difference, and so are two recorded values collapsing into one
 replayed value.
+
+CBOR payloads (Enarx) carry two more kinds of value: byte strings (a 16-byte UUID, a 32-byte
+measurement, a PEM certificate) and tag-37 UUIDs (`uuid.UUID`). Both are random values like any
+string: they have shapes and are bound. One UUID travels in three forms (text in subjects and JSON
+events, 16 bytes or a tag-37 UUID in CBOR), so binding one form of it binds the other two as well.
 """
 
 from __future__ import annotations
@@ -42,9 +47,19 @@ class Normaliser:
     random_paths: tuple[str, ...] = ()
     random_headers: tuple[str, ...] = (hdr.REQUEST_ID,)
     compared_headers: tuple[str, ...] = (hdr.CONTENT_TYPE, hdr.ERROR_CODE, hdr.ERROR)
+    # Opaque (application/octet-stream) payloads that are one CBOR item each (Enarx's keep
+    # conversation): compared decoded, field by field, rather than byte for byte.
+    opaque_cbor: bool = False
+    # Subjects (`*` matches one token) a component polls until something answers (Enarx's keep
+    # manager pings a keep loader that is still starting): how many of its requests go unanswered
+    # depends on timing, so those are left out of the comparison; the answered one is compared.
+    polled_subjects: tuple[str, ...] = ()
 
     def is_random(self, path: FieldPath) -> bool:
         return any(_matches(pattern.split("."), path) for pattern in self.random_paths)
+
+    def is_polled(self, subject: str) -> bool:
+        return any(_matches(pattern.split("."), tuple(subject.split("."))) for pattern in self.polled_subjects)
 
 
 def _matches(pattern: list[str], path: FieldPath) -> bool:
@@ -72,7 +87,12 @@ def shapes(value: Any) -> frozenset[Shape]:
     if isinstance(value, list):
         return frozenset({("list", len(value))})
     if isinstance(value, dict):
-        return frozenset({("object", tuple(sorted(value)))})
+        return frozenset({("object", tuple(sorted(value, key=str)))})
+    if isinstance(value, bytes):
+        pem = _pem_label(value.decode("ascii", "replace"))
+        return frozenset({("bytes", len(value)), *([("pem", pem)] if pem else [])})
+    if isinstance(value, uuid.UUID):
+        return frozenset({("uuid", value.version)})
     return frozenset({(type(value).__name__,)})
 
 
@@ -90,7 +110,18 @@ def _string_shapes(value: str) -> frozenset[Shape]:
         found.add(("base64", decoded))
     if _is_absolute_path(value):
         found.update(("path", *shape) for shape in shapes(value.rsplit("/", 1)[1]))
+    pem = _pem_label(value)
+    if pem:
+        found.add(("pem", pem))   # a certificate's length varies with its serial number and signature
     return frozenset(found)
+
+
+def _pem_label(value: str) -> str | None:
+    """`CERTIFICATE` for a PEM certificate (text or its ASCII bytes), None for anything else."""
+    if not value.startswith("-----BEGIN "):
+        return None
+    label = value[len("-----BEGIN "):].split("-----", 1)[0]
+    return label if value.rstrip().endswith(f"-----END {label}-----") else None
 
 
 def _is_absolute_path(value: str) -> bool:
@@ -141,7 +172,7 @@ def _describe(shape: Shape) -> str:
         return f"a path ending in {_describe(shape[1:])}"
     names = {"uuid": "UUIDv{}", "timestamp": "timestamp", "hex": "{} hex digits",
              "base64": "base64 of {} bytes", "text": "text of {} chars", "list": "list of {}",
-             "object": "object with keys {}"}
+             "object": "object with keys {}", "bytes": "{} bytes", "pem": "PEM {}"}
     template = names.get(shape[0], shape[0])
     return template.format(*shape[1:]) if "{}" in template else template
 
@@ -161,15 +192,43 @@ def fresh_like(value: str) -> str:
 
 # --- bindings -----------------------------------------------------------------------------------
 
+Bindable = str | bytes | uuid.UUID     # the random values a binding can hold (str: JSON; all: CBOR)
+
+
+def bindable(value: Any) -> bool:
+    return isinstance(value, (str, bytes, uuid.UUID))
+
+
+def uuid_forms(value: Bindable) -> list[Bindable]:
+    """The other forms of a UUID (text, 16 bytes, tag-37 UUID); [] for a value that is not one."""
+    if isinstance(value, uuid.UUID):
+        parsed = value
+    elif isinstance(value, bytes) and len(value) == 16:
+        parsed = uuid.UUID(bytes=value)
+    elif isinstance(value, str) and _uuid_version(value) is not None:
+        parsed = uuid.UUID(value)
+    else:
+        return []
+    return [form for form in (str(parsed), parsed.bytes, parsed) if type(form) is not type(value)]
+
+
 @dataclass
 class Bindings:
     """Recorded random value -> its replayed counterpart, kept one-to-one."""
 
-    forward: dict[str, str] = field(default_factory=dict)
-    backward: dict[str, str] = field(default_factory=dict)
+    forward: dict[Bindable, Bindable] = field(default_factory=dict)
+    backward: dict[Bindable, Bindable] = field(default_factory=dict)
 
-    def bind(self, recorded: str, replayed: str) -> str | None:
-        """Learn recorded -> replayed; return why that contradicts an earlier binding, else None."""
+    def bind(self, recorded: Bindable, replayed: Bindable) -> str | None:
+        """Learn recorded -> replayed (and a UUID's other forms); return why that contradicts an
+        earlier binding, else None."""
+        problem = self._bind_one(recorded, replayed)
+        if problem is None and type(recorded) is type(replayed):
+            for recorded_form, replayed_form in zip(uuid_forms(recorded), uuid_forms(replayed)):
+                problem = problem or self._bind_one(recorded_form, replayed_form)
+        return problem
+
+    def _bind_one(self, recorded: Bindable, replayed: Bindable) -> str | None:
         earlier = self.forward.get(recorded)
         if earlier is not None and earlier != replayed:
             return f"this recorded value was replayed as {earlier!r} earlier"
@@ -181,8 +240,9 @@ class Bindings:
         return None
 
     def substitute(self, value: Any) -> Any:
-        """`value` with every whole string (and object key) that is a recorded random value replaced."""
-        if isinstance(value, str):
+        """`value` with every whole string, byte string or UUID (and object key) that is a recorded
+        random value replaced."""
+        if bindable(value):
             return self.forward.get(value, value)
         if isinstance(value, list):
             return [self.substitute(item) for item in value]
@@ -192,14 +252,16 @@ class Bindings:
 
     def substitute_text(self, text: str) -> str:
         """Free text (an error message) with recorded random values replaced inside it."""
-        for recorded in sorted(self.forward, key=len, reverse=True):
+        for recorded in sorted((k for k in self.forward if isinstance(k, str)), key=len, reverse=True):
             text = text.replace(recorded, self.forward[recorded])
         return text
 
     def substitute_bytes(self, data: bytes) -> bytes:
-        """Opaque payloads: replace the UTF-8 bytes of each recorded value."""
-        for recorded in sorted(self.forward, key=len, reverse=True):
-            data = data.replace(recorded.encode(), self.forward[recorded].encode())
+        """Opaque payloads: replace the bytes of each recorded value (a text one's UTF-8)."""
+        pairs = [(k.encode(), v.encode()) if isinstance(k, str) else (k, v)
+                 for k, v in self.forward.items() if isinstance(k, (str, bytes))]
+        for recorded, replayed in sorted(pairs, key=lambda pair: len(pair[0]), reverse=True):
+            data = data.replace(recorded, replayed)
         return data
 
     def substitute_subject(self, subject: str) -> str:
