@@ -172,23 +172,15 @@ async def test_committed_recording_replays_green(replay_into_fresh_keepmgr):
 
 # --- the harness fails when behaviour differs ----------------------------------------------------
 
-def _with_exchange(recording: Recording, old: Exchange, new: Exchange) -> Recording:
-    return replace(recording, exchanges=[new if e is old else e for e in recording.exchanges])
-
-
-def _with_reply(recording: Recording, exchange: Exchange, reply: Message) -> Recording:
-    return _with_exchange(recording, exchange, Exchange(exchange.request, reply))
-
-
 def _error_code_changed(recording: Recording) -> Recording:
     exchange = _driven(recording)[REDEEMED_AGAIN]
-    return _with_reply(recording, exchange, _reply(exchange).with_headers({hdr.ERROR_CODE: "404"}))
+    return recording.with_reply(exchange, _reply(exchange).with_headers({hdr.ERROR_CODE: "404"}))
 
 
 def _output_changed(recording: Recording) -> Recording:
     exchange = _driven(recording)[WORKLOAD]
     result = _value(_reply(exchange))
-    return _with_reply(recording, exchange, _with_value(_reply(exchange), {**result, "stdout": b"one\ntwo\n"}))
+    return recording.with_reply(exchange, _with_value(_reply(exchange), {**result, "stdout": b"one\ntwo\n"}))
 
 
 def _event_dropped(recording: Recording) -> Recording:
@@ -200,14 +192,14 @@ def _other_certificate(recording: Recording) -> Recording:
     exchange = _driven(recording)[READY]
     other = evidence.new_identity(_kuuid(recording), "127.0.0.1").certificate_pem
     keep = {**_value(_reply(exchange)), "certificate_as_pem": other}
-    return _with_reply(recording, exchange, _with_value(_reply(exchange), keep))
+    return recording.with_reply(exchange, _with_value(_reply(exchange), keep))
 
 
 def _other_workload_info(recording: Recording) -> Recording:
     """The keep reporting another workload name as it runs: a component's own request, compared too."""
     exchange = next(e for e in _by_components(recording) if (e.request.json_view() or {}).get("state") == "Running")
     request = exchange.request.with_payload({**exchange.request.json_view(), "human_readable_info": "cat"})
-    return _with_exchange(recording, exchange, Exchange(request, exchange.reply))
+    return recording.replacing(exchange, Exchange(request, exchange.reply))
 
 
 TAMPERINGS = {

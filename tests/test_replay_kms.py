@@ -20,7 +20,7 @@ from components.mesatee.kms import KmsComponent
 from tests.replay.harness import ReplayReport, replay
 from tests.replay.record_kms import KMS_NORMALISER, RECORDING, record_kms
 from tests.replay.recorder import is_noise
-from tests.replay.recording import Exchange, Message, Recording
+from tests.replay.recording import Message, Recording
 
 # The committed scenario, by position: what each exchange is.
 CREATE_1, CREATE_2, GET_1, DELETE_1, GET_DELETED, GET_2, GET_WITHOUT_ID = range(7)
@@ -38,12 +38,6 @@ async def replay_into_fresh_kms(start_component, connect_as, tmp_path: Path) -> 
         return await replay(recording, client, await connect_as("admin"), KMS_NORMALISER)
 
     return run
-
-
-def _with_reply(recording: Recording, position: int, reply: Message) -> Recording:
-    exchanges = list(recording.exchanges)
-    exchanges[position] = Exchange(exchanges[position].request, reply)
-    return replace(recording, exchanges=exchanges)
 
 
 def _reply(recording: Recording, position: int) -> Message:
@@ -80,24 +74,24 @@ async def test_committed_recording_replays_green(replay_into_fresh_kms):
 
 def _error_code_changed(recording: Recording) -> Recording:
     reply = _reply(recording, GET_DELETED)
-    return _with_reply(recording, GET_DELETED, reply.with_headers({hdr.ERROR_CODE: "409"}))
+    return recording.with_reply(recording.exchanges[GET_DELETED], reply.with_headers({hdr.ERROR_CODE: "409"}))
 
 
 def _reply_type_changed(recording: Recording) -> Recording:
     reply = _reply(recording, GET_1)
-    return _with_reply(recording, GET_1, reply.with_payload({**reply.json_view(), "type": "Fetch"}))
+    return recording.with_reply(recording.exchanges[GET_1], reply.with_payload({**reply.json_view(), "type": "Fetch"}))
 
 
 def _other_keys_material(recording: Recording) -> Recording:
     """Get #2 recorded as returning key #1's material: random, yet inconsistent with the bindings."""
     reply = _reply(recording, GET_2)
     first_config = _reply(recording, CREATE_1).json_view()["config"]
-    return _with_reply(recording, GET_2, reply.with_payload({**reply.json_view(), "config": first_config}))
+    return recording.with_reply(recording.exchanges[GET_2], reply.with_payload({**reply.json_view(), "config": first_config}))
 
 
 def _key_id_not_a_uuid(recording: Recording) -> Recording:
     reply = _reply(recording, CREATE_2)
-    return _with_reply(recording, CREATE_2, reply.with_payload({**reply.json_view(), "key_id": "key-two"}))
+    return recording.with_reply(recording.exchanges[CREATE_2], reply.with_payload({**reply.json_view(), "key_id": "key-two"}))
 
 
 def _event_renamed(recording: Recording) -> Recording:
@@ -114,7 +108,7 @@ def _event_dropped(recording: Recording) -> Recording:
 
 def _error_message_changed(recording: Recording) -> Recording:
     reply = _reply(recording, GET_WITHOUT_ID)
-    return _with_reply(recording, GET_WITHOUT_ID, reply.with_headers({hdr.ERROR: "key_id is required"}))
+    return recording.with_reply(recording.exchanges[GET_WITHOUT_ID], reply.with_headers({hdr.ERROR: "key_id is required"}))
 
 
 TAMPERINGS = {

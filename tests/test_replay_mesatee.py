@@ -140,24 +140,16 @@ async def test_without_the_side_effects_the_psi_fails(replay_into_fresh_mesatee)
 
 # --- the harness fails when behaviour differs ----------------------------------------------------
 
-def _with_exchange(recording: Recording, old: Exchange, new: Exchange) -> Recording:
-    return replace(recording, exchanges=[new if e is old else e for e in recording.exchanges])
-
-
-def _with_reply(recording: Recording, exchange: Exchange, reply: Message) -> Recording:
-    return _with_exchange(recording, exchange, Exchange(exchange.request, reply))
-
-
 def _error_code_changed(recording: Recording) -> Recording:
     exchange = _driven(recording)[EARLY_INVOKE]
-    return _with_reply(recording, exchange, _reply(exchange).with_headers({hdr.ERROR_CODE: "423"}))
+    return recording.with_reply(exchange, _reply(exchange).with_headers({hdr.ERROR_CODE: "423"}))
 
 
 def _status_changed(recording: Recording) -> Recording:
     exchange = _driven(recording)[PSI_GET]
     payload = _reply(exchange).json_view()
     payload["task_info"]["status"] = "Ready"
-    return _with_reply(recording, exchange, _reply(exchange).with_payload(payload))
+    return recording.with_reply(exchange, _reply(exchange).with_payload(payload))
 
 
 def _event_dropped(recording: Recording) -> Recording:
@@ -169,14 +161,14 @@ def _other_results_key(recording: Recording) -> Recording:
     first, second = _driven(recording)[RESULT_1], _driven(recording)[RESULT_2]
     payload = _reply(second).json_view()
     payload["file_info"]["key_config"] = _reply(first).json_view()["file_info"]["key_config"]
-    return _with_reply(recording, second, _reply(second).with_payload(payload))
+    return recording.with_reply(second, _reply(second).with_payload(payload))
 
 
 def _output_size_changed(recording: Recording) -> Recording:
     """The FNS registering user1's psi output as 5 bytes: a component's own request, compared too."""
     exchange = next(e for e in _by_components(recording) if e.request.subject == TDFS_CREATE)
     request = exchange.request.with_payload({**exchange.request.json_view(), "file_size": 5})
-    return _with_exchange(recording, exchange, Exchange(request, exchange.reply))
+    return recording.replacing(exchange, Exchange(request, exchange.reply))
 
 
 def _component_exchange_dropped(recording: Recording) -> Recording:

@@ -28,10 +28,8 @@ broken keep manager or keep cannot be recorded as "expected".
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -39,18 +37,19 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import cbor2
 from nats.aio.client import Client
 
-from bus import codec, errors, log
+from bus import codec, errors
 from bus.component import Context
 from bus.headers import CBOR, OCTETS
 from bus.requester import Requester
 from bus.roles import ADAPTER, ADMIN, inbox_prefix
 from bus.server import free_port
-from bus.testing import TestBus, running_bus
+from bus.testing import TestBus
 from components.enarx import evidence, subjects
 from components.enarx.config import EnarxConfig
 from components.enarx.keepmgr import KEEPMGR_SITE, WASMLDR_SITE, KeepManager
 from components.enarx.system import MANIFEST
 from tests.replay.normalise import Normaliser
+from tests.replay import regenerate
 from tests.replay.recorder import Recorder
 from tests.replay.recording import Recording
 from tests.wasm_modules import wat
@@ -176,22 +175,8 @@ async def record_enarx(bus: TestBus, connect_as: Connect) -> Recording:
     return recorder.recording
 
 
-async def _record_with_embedded_server(output: Path) -> Recording:
-    """A throw-away nats-server, set up like the test session's (bus/testing.py)."""
-    with tempfile.TemporaryDirectory(prefix="teebus-record-") as tmp:
-        async with running_bus(Path(tmp) / "data", [MANIFEST]) as bus:
-            async with bus.scope() as scope:
-                recording = await record_enarx(bus, scope.connect)
-    recording.dump(output)
-    return recording
-
-
 def main(argv: list[str]) -> int:
-    output = Path(argv[0]) if argv else RECORDING
-    log.configure("warning")
-    recording = asyncio.run(_record_with_embedded_server(output))
-    print(f"recorded {len(recording.exchanges)} exchanges and {len(recording.events)} events into {output}")
-    return 0
+    return regenerate.main(argv, RECORDING, MANIFEST, lambda bus, connect_as, tmp: record_enarx(bus, connect_as))
 
 
 if __name__ == "__main__":

@@ -10,23 +10,21 @@ The file holds throw-away key material generated for the recording; nothing else
 
 from __future__ import annotations
 
-import asyncio
 import sys
-import tempfile
 from pathlib import Path
 from typing import Awaitable, Callable
 
 from nats.aio.client import Client
 
-from bus import errors, log
+from bus import errors
 from bus.component import Context
 from bus.requester import Requester
-from bus.testing import running_bus
 from components.mesatee import subjects
 from components.mesatee.config import MesateeConfig
 from components.mesatee.kms import KmsComponent
 from components.mesatee.system import MANIFEST
 from tests.replay.normalise import Normaliser
+from tests.replay import regenerate
 from tests.replay.recorder import Recorder
 from tests.replay.recording import Recording
 
@@ -81,22 +79,8 @@ async def record_kms(connect_as: Connect, component_dir: Path) -> Recording:
     return recorder.recording
 
 
-async def _record_with_embedded_server(output: Path) -> Recording:
-    """A throw-away nats-server, set up like the test session's (bus/testing.py)."""
-    with tempfile.TemporaryDirectory(prefix="teebus-record-") as tmp:
-        async with running_bus(Path(tmp) / "data", [MANIFEST]) as bus:
-            async with bus.scope() as scope:
-                recording = await record_kms(scope.connect, Path(tmp) / "kms")
-    recording.dump(output)
-    return recording
-
-
 def main(argv: list[str]) -> int:
-    output = Path(argv[0]) if argv else RECORDING
-    log.configure("warning")
-    recording = asyncio.run(_record_with_embedded_server(output))
-    print(f"recorded {len(recording.exchanges)} exchanges and {len(recording.events)} events into {output}")
-    return 0
+    return regenerate.main(argv, RECORDING, MANIFEST, lambda bus, connect_as, tmp: record_kms(connect_as, tmp / "kms"))
 
 
 if __name__ == "__main__":

@@ -22,23 +22,20 @@ recorded as "expected". The file holds throw-away keys generated for the recordi
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import hashlib
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nats.aio.client import Client
 
-from bus import errors, log
+from bus import errors
 from bus.component import Component, Context
 from bus.requester import Requester
 from bus.roles import ADMIN, GATEWAY, inbox_prefix
-from bus.testing import running_bus
 from components.mesatee import subjects
 from components.mesatee.config import MesateeConfig
 from components.mesatee.fns import FnsComponent
@@ -48,6 +45,7 @@ from components.mesatee.tdfs import TdfsComponent
 from components.mesatee.tms import TmsComponent
 from components.mesatee.users import UsersComponent
 from tests.replay.normalise import Normaliser
+from tests.replay import regenerate
 from tests.replay.recorder import Recorder
 from tests.replay.recording import Exchange, Message, Recording
 
@@ -226,22 +224,8 @@ async def record_mesatee(connect_as: Connect, directory: Path) -> Recording:
     return recorder.recording
 
 
-async def _record_with_embedded_server(output: Path) -> Recording:
-    """A throw-away nats-server, set up like the test session's (bus/testing.py)."""
-    with tempfile.TemporaryDirectory(prefix="teebus-record-") as tmp:
-        async with running_bus(Path(tmp) / "data", [MANIFEST]) as bus:
-            async with bus.scope() as scope:
-                recording = await record_mesatee(scope.connect, Path(tmp) / "mesatee")
-    recording.dump(output)
-    return recording
-
-
 def main(argv: list[str]) -> int:
-    output = Path(argv[0]) if argv else RECORDING
-    log.configure("warning")
-    recording = asyncio.run(_record_with_embedded_server(output))
-    print(f"recorded {len(recording.exchanges)} exchanges and {len(recording.events)} events into {output}")
-    return 0
+    return regenerate.main(argv, RECORDING, MANIFEST, lambda bus, connect_as, tmp: record_mesatee(connect_as, tmp / "mesatee"))
 
 
 if __name__ == "__main__":

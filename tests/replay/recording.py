@@ -127,6 +127,14 @@ class Recording:
     others: list[Message] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def replacing(self, old: Exchange, new: Exchange) -> "Recording":
+        """A copy with `new` where `old` was (tests tamper with recordings this way)."""
+        return replace(self, exchanges=[new if exchange is old else exchange for exchange in self.exchanges])
+
+    def with_reply(self, exchange: Exchange, reply: Message) -> "Recording":
+        """A copy in which `exchange` was answered with `reply`."""
+        return self.replacing(exchange, Exchange(exchange.request, reply))
+
     def lines(self) -> Iterable[dict[str, Any]]:
         """The file's lines: meta first, then every entry in arrival order."""
         yield {"kind": "meta", "format": FORMAT, "scenario": self.scenario, **self.meta}

@@ -1,0 +1,35 @@
+"""`python -m tests.replay.record_<scenario>`: record a scenario on a throw-away nats-server and
+write it where its test reads it. Each scenario module gives its manifest and a `record` function;
+this one place sets up the bus as the test session does (bus/testing.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from bus import log
+from bus.manifest import Manifest
+from bus.testing import TestBus, running_bus
+from tests.replay.recording import Recording
+
+# record(bus, connect_as, scratch directory) -> the recording of one run of the scenario
+Record = Callable[[TestBus, Callable, Path], Awaitable[Recording]]
+
+
+async def record_on_a_fresh_bus(manifest: Manifest, record: Record) -> Recording:
+    with tempfile.TemporaryDirectory(prefix="teebus-record-") as tmp:
+        async with running_bus(Path(tmp) / "data", [manifest]) as bus:
+            async with bus.scope() as scope:
+                return await record(bus, scope.connect, Path(tmp))
+
+
+def main(argv: list[str], default_output: Path, manifest: Manifest, record: Record) -> int:
+    """Record into `argv[0]` (default `default_output`) and say what was recorded."""
+    output = Path(argv[0]) if argv else default_output
+    log.configure("warning")
+    recording = asyncio.run(record_on_a_fresh_bus(manifest, record))
+    recording.dump(output)
+    print(f"recorded {len(recording.exchanges)} exchanges and {len(recording.events)} events into {output}")
+    return 0
