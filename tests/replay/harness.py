@@ -111,6 +111,15 @@ class ReplayReport:
         if not self.ok:
             raise AssertionError(str(self))
 
+    def assert_reports(self, fragments: list[str], exchange: Exchange | None = None) -> None:
+        """A tampered replay must fail, and say so in these words (prefixed by `exchange`'s place)."""
+        assert not self.ok, "the tampering went unnoticed"
+        if exchange is not None:
+            fragments = [f"#{exchange.index} {exchange.request.subject}: ", *fragments]
+        text = str(self)
+        for fragment in fragments:
+            assert fragment in text, f"{fragment!r} missing from the report:\n{text}"
+
 
 @dataclass(frozen=True)
 class Place:

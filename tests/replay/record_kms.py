@@ -16,7 +16,6 @@ from typing import Awaitable, Callable
 
 from nats.aio.client import Client
 
-from bus import errors
 from bus.component import Context
 from bus.requester import Requester
 from components.mesatee import subjects
@@ -37,17 +36,6 @@ KMS_NORMALISER = Normaliser(random_paths=("key_id", "config.key", "config.nonce"
 Connect = Callable[[str], Awaitable[Client]]
 
 
-async def _expect_error(status: int, pending: Awaitable[object], step: str) -> None:
-    """The step must fail with `status`; anything else means the KMS misbehaves: refuse to record."""
-    try:
-        result = await pending
-    except errors.BusError as exc:
-        if exc.status != status:
-            raise AssertionError(f"{step}: expected status {status}, got {exc!r}") from None
-        return
-    raise AssertionError(f"{step}: expected status {status}, got a reply {result!r}")
-
-
 async def drive_kms_scenario(requester: Requester) -> None:
     """Create, Create, Get #1, Delete #1, Get #1 (404), Get #2, Get without key_id (400)."""
     async def kms(operation: str, body: dict) -> dict:
@@ -59,10 +47,10 @@ async def drive_kms_scenario(requester: Requester) -> None:
     assert fetched["config"] == first["config"], "Get must return the key Create made"
     deleted = await kms("Delete", {"type": "Delete", "key_id": first["key_id"]})
     assert deleted["config"] == first["config"], "Delete must return the deleted key"
-    await _expect_error(404, kms("Get", {"type": "Get", "key_id": first["key_id"]}), "Get of a deleted key")
+    await regenerate.expect_error(404, kms("Get", {"type": "Get", "key_id": first["key_id"]}), "Get of a deleted key")
     fetched = await kms("Get", {"type": "Get", "key_id": second["key_id"]})
     assert fetched["config"] == second["config"], "the second key must survive the first one's deletion"
-    await _expect_error(400, kms("Get", {"type": "Get"}), "Get without key_id")
+    await regenerate.expect_error(400, kms("Get", {"type": "Get"}), "Get without key_id")
 
 
 async def record_kms(connect_as: Connect, component_dir: Path) -> Recording:

@@ -148,16 +148,6 @@ async def ensure_users(admin: Requester) -> None:
 
 # -- the scenario -------------------------------------------------------------------------------------
 
-async def _expect_error(status: int, pending: Awaitable[object], step: str) -> None:
-    """The step must fail with `status`; anything else means a service misbehaves: refuse to record."""
-    try:
-        result = await pending
-    except errors.BusError as exc:
-        if exc.status != status:
-            raise AssertionError(f"{step}: expected status {status}, got {exc!r}") from None
-        return
-    raise AssertionError(f"{step}: expected status {status}, got a reply {result!r}")
-
 
 def _as(user: str) -> dict[str, str]:
     return {"user_id": user, "user_token": USERS[user]}
@@ -188,7 +178,7 @@ async def drive_mesatee_scenario(driver: Requester) -> None:
     info = (await call(subjects.tms("Get"), {"type": "Get", "task_id": task["task_id"], **_as("user1")}))["task_info"]
     assert (info["status"], info["function_type"]) == ("Created", "Multiparty"), info
     assert info["collaborator_list"] == [{"user_id": "user2", "approved": False}], info
-    await _expect_error(409, call(subjects.FNS_INVOKE, _invoke(task, "psi")), "invoke before the approval")
+    await regenerate.expect_error(409, call(subjects.FNS_INVOKE, _invoke(task, "psi")), "invoke before the approval")
     approved = await call(subjects.tms("Update"), {"type": "Update", "task_id": task["task_id"],
                                                     "files": [inputs["user2"]], **_as("user2")})
     assert approved["status"] == "Ready", approved
@@ -202,14 +192,14 @@ async def drive_mesatee_scenario(driver: Requester) -> None:
     for user in USERS:
         file_info = (await call(subjects.tdfs("Get"), {"type": "Get", "file_id": results[user], **_as(user)}))["file_info"]
         assert read_result(file_info) == GOLDEN[user], f"{user}'s psi result"
-    await _expect_error(404, call(subjects.tdfs("Get"), {"type": "Get", "file_id": results["user1"], **_as("user2")}),
+    await regenerate.expect_error(404, call(subjects.tdfs("Get"), {"type": "Get", "file_id": results["user1"], **_as("user2")}),
                         "a result asked for by the other user")
 
     echo = await call(subjects.tms("Create"), {"type": "Create", "function_name": "echo", "collaborator_list": [],
                                                 "files": [], **_as("user1")})
     assert await call(subjects.FNS_INVOKE, _invoke(echo, "echo", ECHO_PAYLOAD)) == {"result": ECHO_PAYLOAD}
-    await _expect_error(409, call(subjects.FNS_INVOKE, _invoke(echo, "echo", ECHO_PAYLOAD)), "a second invoke")
-    await _expect_error(401, call(subjects.tms("Get"), {"type": "Get", "task_id": echo["task_id"], "user_id": "user1",
+    await regenerate.expect_error(409, call(subjects.FNS_INVOKE, _invoke(echo, "echo", ECHO_PAYLOAD)), "a second invoke")
+    await regenerate.expect_error(401, call(subjects.tms("Get"), {"type": "Get", "task_id": echo["task_id"], "user_id": "user1",
                                                          "user_token": WRONG_TOKEN}), "a wrong user_token")
 
 

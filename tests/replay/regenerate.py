@@ -9,10 +9,22 @@ import tempfile
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from bus import log
+from bus import errors, log
 from bus.manifest import Manifest
 from bus.testing import TestBus, running_bus
 from tests.replay.recording import Recording
+
+async def expect_error(status: int, pending: Awaitable[object], step: str) -> None:
+    """The step must fail with `status`; anything else means a component misbehaves: a scenario
+    refuses to record it."""
+    try:
+        result = await pending
+    except errors.BusError as exc:
+        if exc.status != status:
+            raise AssertionError(f"{step}: expected status {status}, got {exc!r}") from None
+        return
+    raise AssertionError(f"{step}: expected status {status}, got a reply {result!r}")
+
 
 # record(bus, connect_as, scratch directory) -> the recording of one run of the scenario
 Record = Callable[[TestBus, Callable, Path], Awaitable[Recording]]
