@@ -70,8 +70,7 @@ class FileRecord:
         """May `user_id` read it (Get, download)?"""
         if self.deleting_since is not None:
             return False
-        return (user_id == self.user_id or self.allow_policy == messages.EVERYONE
-                or (self.allow_policy == messages.COLLABORATORS and user_id in self.collaborator_list))
+        return messages.may_read(user_id, self.user_id, self.allow_policy, self.collaborator_list)
 
     def listed_for(self, user_id: str) -> bool:
         """Is it in `user_id`'s List: their own, or one that names them and lets them read it."""

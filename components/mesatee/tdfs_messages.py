@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from bus.errors import BadRequest
 from components.mesatee import fields
@@ -126,6 +126,12 @@ def parse_access(body: Any) -> AccessRequest:
     return AccessRequest(fields.uuid_id(fields.required(body, "file_id", "access"), "file_id"),
                          fields.user_id(fields.required(body, "user_id", "access")),
                          fields.user_token(fields.required(body, "user_token", "access")), mode)
+
+
+def may_read(user_id: str, owner: str, allow_policy: int, collaborators: Iterable[str]) -> bool:
+    """TDFS's rule for who may read a file: 0 its owner, 1 and its collaborators, 2 everyone."""
+    return (user_id == owner or allow_policy == EVERYONE
+            or (allow_policy == COLLABORATORS and user_id in collaborators))
 
 
 def stored_size(file_size: int) -> int:

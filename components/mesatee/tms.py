@@ -17,7 +17,7 @@ from typing import Any
 from bus.component import Component, Endpoint, Incoming
 from bus.errors import Conflict, NotFound, TooLarge
 from bus.records import Change
-from components.mesatee import auth, subjects
+from components.mesatee import auth, subjects, tdfs_messages
 from components.mesatee import tms_messages as messages
 from components.mesatee.config import MesateeConfig
 from components.mesatee.functions import FUNCTIONS, is_multiparty
@@ -146,7 +146,8 @@ class TmsComponent(Component):
                 info = reply.payload["file_info"]
             except NotFound:
                 info = None
-            if info is None or not _may_read(info, user):
+            if info is None or not tdfs_messages.may_read(user, info["user_id"], info["allow_policy"],
+                                                          info["collaborator_list"]):
                 raise NotFound(f"no file {file_id} that user {user} may read: name your own files, or "
                                "files shared with you")
 
@@ -179,12 +180,6 @@ class TmsComponent(Component):
                     continue   # it ended meanwhile
                 await self._event(change.after.value, "failed", {"reason": update.failure_reason})
                 self.log.warning("lost task failed", task_id=task.task_id)
-
-
-def _may_read(info: dict[str, Any], user: str) -> bool:
-    """TDFS's rule on an internal FileInfo: 0 the owner, 1 and its collaborators, 2 everyone."""
-    policy = info.get("allow_policy", 0)
-    return info["user_id"] == user or policy == 2 or (policy == 1 and user in info.get("collaborator_list", ()))
 
 
 def _fns_ip(host: str) -> str:
