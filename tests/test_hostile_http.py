@@ -9,20 +9,24 @@ Enarx's CBOR LocalCborErr `{"details"}`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import hashlib
 import io
+import json
 import logging
 import os
 import time
 import uuid
 from collections import Counter
-from typing import AsyncIterator, Callable
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import cbor2
 import orjson
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
@@ -35,6 +39,7 @@ from bus.requester import Requester
 from bus.server import free_port
 from components.enarx import evidence
 from components.enarx.client import EnarxClient, kuuid_text
+from components.mesatee import file_store, fns_messages, subjects, tms_messages
 from components.mesatee.system import MANIFEST as mesatee_manifest
 from teebus.launcher import Node
 from teebus.testing import settings_for
@@ -64,14 +69,15 @@ class Closed(Exception):
     """The server closed the connection without an answer."""
 
 
-async def read_response(reader: asyncio.StreamReader, timeout: float = 10.0, head_only: bool = False) -> Raw:
+async def read_response(reader: asyncio.StreamReader, timeout: float = 10.0, head_only: bool = False,
+                        interim: bool = False) -> Raw:
     """One response (status line, headers, a Content-Length body unless it answers a HEAD);
-    `Closed` when the server hangs up."""
+    `Closed` when the server hangs up. A `100 Continue` is skipped, or returned when `interim`."""
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
     except asyncio.IncompleteReadError as exc:
         raise Closed(exc.partial) from None
-    except ConnectionResetError:
+    except (ConnectionResetError, BrokenPipeError):
         raise Closed(b"reset") from None
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
@@ -81,24 +87,48 @@ async def read_response(reader: asyncio.StreamReader, timeout: float = 10.0, hea
             name, _, value = line.partition(":")
             hdrs[name.strip().lower()] = value.strip()
     if status == 100:
+        if interim:
+            return Raw(status, hdrs, b"", head)
         return await read_response(reader, timeout, head_only)
     if head_only:
         return Raw(status, hdrs, b"", head)
     try:
         body = await asyncio.wait_for(reader.readexactly(int(hdrs.get("content-length", "0"))), timeout)
-    except (asyncio.IncompleteReadError, ConnectionResetError):
+    except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError):
         # the server answered and closed while the client was still sending: the reset may
         # overtake the rest of the answer
         raise Closed(head) from None
     return Raw(status, hdrs, body, head)
 
 
-async def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> Raw:
+async def raw_exchange(port: int, data: bytes, timeout: float = 10.0, *, pieces: int = 1, pause: float = 0.0,
+                       half_close: bool = False, await_continue: bool = False) -> Raw:
+    """Send `data` and read one answer. `pieces`: the bytes go in that many writes `pause` s apart (a
+    slow client); `half_close`: then the write side is shut (a body that ends early); `await_continue`:
+    the head goes first and the rest only after a `100 Continue` (a final answer instead ends it)."""
     reader, writer = await asyncio.open_connection(HOST, port)
+    head_only = data.startswith(b"HEAD ")
     try:
-        writer.write(data)
-        await writer.drain()
-        return await read_response(reader, timeout, head_only=data.startswith(b"HEAD "))
+        try:
+            if await_continue and b"\r\n\r\n" in data:
+                end = data.index(b"\r\n\r\n") + 4
+                writer.write(data[:end])
+                await writer.drain()
+                first = await read_response(reader, timeout, head_only, interim=True)
+                if first.status != 100:
+                    return first
+                data = data[end:]
+            step = -(-len(data) // max(pieces, 1)) or 1
+            for start in range(0, len(data), step):
+                if start and pause:
+                    await asyncio.sleep(pause)
+                writer.write(data[start:start + step])
+                await writer.drain()
+            if half_close:
+                writer.write_eof()
+        except OSError:
+            pass       # the server answered and closed while this was still sending: read its answer
+        return await read_response(reader, timeout, head_only=head_only)
     finally:
         writer.close()
 
@@ -621,8 +651,10 @@ KEEPMGR_REQUESTS = 2400
 WASMLDR_REQUESTS = 1500
 RAW_SHARE = 5                 # one request in RAW_SHARE goes over a raw socket
 RAW_TIMEOUT = 3.0             # a raw request whose framing promises more bytes than it sent gets no answer
+SLOW_PAUSE = 0.02             # s between the pieces of a slowly sent raw request
 FIGURES: dict[str, Counter] = {}
 TIMING = ("requests", "seconds", "send-ms", "slower than 1 s")
+HUNG_UP = "hung up on (the client half-closed)"
 
 
 def suite_settings(examples: int):
@@ -669,7 +701,8 @@ common_bodies = st.one_of(
     json_values.map(orjson.dumps),
     cbor_values.map(lambda value: cbor2.dumps(value)),
     st.builds(lambda a, b: a + b, cbor_values.map(cbor2.dumps), st.binary(min_size=1, max_size=20)),
-    st.just(bytes.fromhex("c25a00100000") + b"\xff" * (1 << 20)),
+    # (built, not st.just: a strategy's repr would hold the MiB, and hypothesis renders it)
+    st.builds(lambda: bytes.fromhex("c25a00100000") + b"\xff" * (1 << 20)),
 )
 
 
@@ -680,11 +713,17 @@ class Hostile:
     headers: dict[str, str]
     body: bytes
     chunked: bool = False
-    raw: bytes | None = None      # sent as such over a raw socket instead
+    raw: bytes | None = None      # sent as such over a raw socket instead (raw_exchange's options below)
+    pieces: int = 1
+    half_close: bool = False
+    await_continue: bool = False
 
     def __repr__(self) -> str:   # hypothesis prints failing examples: keep them readable
         if self.raw is not None:
-            return f"Hostile(raw={self.raw[:300]!r}{'...' if len(self.raw) > 300 else ''} ({len(self.raw)} bytes))"
+            options = "".join(f" {name}={getattr(self, name)!r}" for name in ("pieces", "half_close", "await_continue")
+                              if getattr(self, name) != Hostile.__dataclass_fields__[name].default)
+            return (f"Hostile(raw={self.raw[:300]!r}{'...' if len(self.raw) > 300 else ''} ({len(self.raw)} bytes)"
+                    f"{options})")
         return (f"Hostile({self.method} {self.path[:100]!r} headers={self.headers!r} chunked={self.chunked} "
                 f"body={self.body[:200]!r}{'...' if len(self.body) > 200 else ''} ({len(self.body)} bytes))")
 
@@ -782,8 +821,12 @@ async def _send(http: aiohttp.ClientSession, base: str, port: int, request: Host
     """The answer, or a word for why there is none (the figures count those)."""
     if request.raw is not None:
         try:
-            response = await raw_exchange(port, request.raw, timeout=RAW_TIMEOUT)
+            response = await raw_exchange(port, request.raw, timeout=RAW_TIMEOUT, pieces=request.pieces,
+                                          pause=SLOW_PAUSE, half_close=request.half_close,
+                                          await_continue=request.await_continue)
         except Closed:
+            if request.half_close:        # a client that shuts its end has left, for aiohttp
+                return HUNG_UP
             return "closed without an answer"
         except asyncio.TimeoutError:
             return "no answer (framing promised more)"
@@ -799,18 +842,40 @@ async def _send(http: aiohttp.ClientSession, base: str, port: int, request: Host
         return f"client: {type(exc).__name__}"
 
 
-def check_kms(request: Hostile, answer: Answer) -> None:
-    assert answer.status < 500, (request, answer)
-    assert answer.request_id, (request, answer)
-    if request.method == "HEAD" or (request.raw or b"").startswith(b"HEAD "):
-        return
-    assert answer.content_type == "application/json", (request, answer)
-    body = orjson.loads(answer.body)
-    if answer.status >= 400:
-        assert body["type"] == "Error" and body["status"] == answer.status, (request, answer)
-        assert isinstance(body["message"], str) and body["message"], (request, answer)
-    else:
-        assert body["type"] in ("Create", "Get", "Delete"), (request, answer)
+def _method_of(request: Hostile) -> str:
+    return request.method if request.raw is None else request.raw.split(b" ", 1)[0].decode("latin-1")
+
+
+def mesatee_checker(types: tuple[str, ...] = (), *, result: bool = False,
+                    octets: bool = False) -> Callable[[Hostile, Answer], None]:
+    """MesaTEE's answers: below 500, with a request id, in JSON; an error is `{"type": "Error",
+    "status", "message"}`, a success a 200 with one of the seed's `types` (tagged responses), or
+    `{"result": ...}` (`result`: the function node's untagged invoke), or the stored bytes as
+    application/octet-stream (`octets`: a GET of /files on the TDFS)."""
+    def check(request: Hostile, answer: Answer) -> None:
+        assert answer.status < 500, (request, answer)
+        assert answer.request_id, (request, answer)
+        if _method_of(request) == "HEAD":
+            return
+        if octets and answer.status == 200 and _method_of(request) == "GET":
+            assert answer.content_type == mesatee_http.OCTETS, (request, answer)
+            return
+        assert answer.content_type == "application/json", (request, answer)
+        body = orjson.loads(answer.body)
+        assert isinstance(body, dict), (request, answer)
+        if answer.status >= 400:
+            assert body["type"] == "Error" and body["status"] == answer.status, (request, answer)
+            assert isinstance(body["message"], str) and body["message"], (request, answer)
+        elif result:
+            assert answer.status == 200 and set(body) == {"result"}, (request, answer)
+            assert body["result"] is None or isinstance(body["result"], str), (request, answer)
+        else:
+            assert answer.status == 200 and body.get("type") in types, (request, answer)
+
+    return check
+
+
+check_kms = mesatee_checker(("Create", "Get", "Delete"))
 
 
 def check_enarx(request: Hostile, answer: Answer) -> None:
@@ -824,8 +889,9 @@ def check_enarx(request: Hostile, answer: Answer) -> None:
         assert isinstance(body, dict) and isinstance(body["details"], str) and body["details"], (request, answer)
 
 
-def run_suite(name: str, examples: int, strategy, send, check) -> Counter:
-    """Run the generated requests from a worker thread; the event loop serves them meanwhile."""
+def run_suite(name: str, examples: int, strategy, send, check, explicit: tuple[Hostile, ...] = ()) -> Counter:
+    """Run the generated requests (after the `explicit` ones) from a worker thread; the event loop
+    serves them meanwhile."""
     loop = asyncio.get_running_loop()
     tally: Counter = Counter()
 
@@ -846,12 +912,14 @@ def run_suite(name: str, examples: int, strategy, send, check) -> Counter:
         tally[answer.status] += 1
         check(request, answer)
 
+    for case in explicit:
+        hostile = example(case)(hostile)
     FIGURES[name] = tally
     return hostile, tally
 
 
-async def run_in_thread(name: str, examples: int, strategy, send, check) -> Counter:
-    hostile, tally = run_suite(name, examples, strategy, send, check)
+async def run_in_thread(name: str, examples: int, strategy, send, check, explicit: tuple[Hostile, ...] = ()) -> Counter:
+    hostile, tally = run_suite(name, examples, strategy, send, check, explicit)
     started = time.monotonic()
     await asyncio.to_thread(hostile)
     tally["seconds"] = round(time.monotonic() - started)
@@ -861,7 +929,7 @@ async def run_in_thread(name: str, examples: int, strategy, send, check) -> Coun
 
 def _no_answers_are_rare(tally: Counter) -> None:
     silent = sum(count for outcome, count in tally.items()
-                 if isinstance(outcome, str) and outcome not in TIMING and not outcome.startswith("503"))
+                 if isinstance(outcome, str) and outcome not in TIMING and not outcome.startswith(("503", HUNG_UP, "log: ")))
     assert silent <= tally["requests"] // 10, tally
 
 
@@ -962,3 +1030,707 @@ async def _wasmldr_suite(ready: dict) -> None:
                                     lambda request: _send(http, base, 0, request, context), check_enarx)
     assert tally["requests"] >= WASMLDR_REQUESTS and not [s for s in tally if isinstance(s, int) and s >= 500]
     _no_answers_are_rare(tally)
+
+
+# -- the hostile suite against MesaTEE's TDFS, TMS and FNS sites ----------------------------------------------
+#
+# One node runs every MesaTEE service for these tests (module scope: it starts in about a second); each
+# test makes a world of its own over the bus and HTTP: three users (an owner, a collaborator, a
+# stranger), files with and without content, tasks in each state. Focused requests carry those real ids
+# and credentials in every combination (valid ids, another user's, a deleted one; right, wrong and
+# swapped tokens; the internal token on external sites and the reverse); random ones do what the KMS
+# suite does. Besides the answers' shape, the logs must hold one line per refusal and per service, and
+# none of the credentials.
+
+MESATEE_NAMES = ["mesatee.users", "mesatee.kms", "mesatee.tdfs", "mesatee.tms", "mesatee.fns", "http.mesatee"]
+TDFS_REQUESTS = 700
+TDFS_FILES_REQUESTS = 500
+TDFS_INTERNAL_REQUESTS = 400
+TMS_REQUESTS = 600
+TMS_INTERNAL_REQUESTS = 400
+FNS_REQUESTS = 500
+ECHO_TASKS = 8                  # Ready echo tasks the FNS suite may run (each runs once)
+SPARE_FILES = 4                 # files of the owner a generated Delete may take
+BIG_PLAINTEXT = 300_000         # a file whose upload takes several reads of the socket
+
+
+def _seal(plaintext: bytes, config: dict[str, str]) -> bytes:
+    """`ciphertext || tag` under a TDFS key_config, as a MesaTEE client writes a file."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    key, nonce, ad = (base64.b64decode(config[name]) for name in ("key", "nonce", "ad"))
+    return AESGCM(key).encrypt(nonce, plaintext, ad)
+
+
+@dataclasses.dataclass
+class Mesatee:
+    node: Node
+    http: aiohttp.ClientSession
+    token: str                            # the internal credential
+    users: list[tuple[str, str]]          # the owner, the collaborator, the stranger: (user_id, user_token)
+    files_dir: Path
+
+    def url(self, site: str) -> str:
+        return self.node.http.bound[site]
+
+    def port(self, site: str) -> int:
+        return int(self.url(site).rsplit(":", 1)[1])
+
+    async def call(self, site: str, body: dict) -> dict:
+        auth = {"Authorization": f"Bearer {self.token}"} if site.endswith("-internal") else {}
+        async with self.http.post(self.url(site) + "/", data=orjson.dumps(body), headers=auth) as response:
+            reply = orjson.loads(await response.read())
+            assert response.status == 200, reply
+            return reply
+
+
+@pytest.fixture(scope="module")
+async def mesatee(bus, catalog) -> AsyncIterator[Mesatee]:
+    node = Node(settings_for(bus, catalog), MESATEE_NAMES, catalog)
+    await node.start()
+    admin = await bus.scope().connect("admin")
+    requester = Requester(admin)
+    users = []
+    try:
+        for role in "ocs":
+            name = f"{role}{uuid.uuid4().hex[:10]}"
+            reply = await requester.request(subjects.users("add"), {"user_id": name})
+            users.append((name, reply.payload["user_token"]))
+        async with aiohttp.ClientSession() as http:
+            yield Mesatee(node, http, internal_token(bus.data_dir), users, bus.data_dir / file_store.FILES_DIR)
+    finally:
+        for name, _ in users:
+            await requester.request(subjects.users("remove"), {"user_id": name})
+        await admin.close()
+        await node.stop()
+
+
+@dataclasses.dataclass
+class World:
+    """Real ids for the focused requests of one test, and the credentials to try them with."""
+
+    mesatee: Mesatee
+    files: dict[str, str]                 # name -> file id: full, empty, big (the owner's), theirs, gone
+    spares: list[str]                     # the owner's, for generated Deletes
+    sizes: dict[str, int]                 # file id -> its stored size (file_size + 16)
+    tasks: dict[str, dict]                # name -> the TMS Create reply: echo0.., created, ready, finished
+
+    @property
+    def owner(self) -> tuple[str, str]:
+        return self.mesatee.users[0]
+
+    @property
+    def collaborator(self) -> tuple[str, str]:
+        return self.mesatee.users[1]
+
+    @property
+    def stranger(self) -> tuple[str, str]:
+        return self.mesatee.users[2]
+
+    def secrets(self) -> list[str]:
+        """What no log line may hold: the users' tokens and the internal token."""
+        return [token for _, token in self.mesatee.users] + [self.mesatee.token]
+
+    def credentials(self) -> st.SearchStrategy[tuple[object, object]]:
+        """(user_id, user_token) pairs: right ones most often, then wrong, swapped, foreign, odd."""
+        (owner, mine), (other, theirs), (stranger, strange) = self.mesatee.users
+        internal = self.mesatee.token
+        return mostly([(owner, mine), (other, theirs), (stranger, strange), (owner, mine)], [
+            (owner, theirs), (owner, mine + "x"), (owner, ""), (owner, internal), (mine, owner),
+            ("nobody", mine), (owner.upper(), mine), (owner + "\x00", mine), ("", ""), (owner, mine[:-1] + "\udcff"),
+            ("a" * 65, mine), (owner, "t" * 257)])
+
+    def file_ids(self) -> st.SearchStrategy[str]:
+        full = self.files["full"]
+        return mostly([*self.files.values(), *self.spares], [
+            str(uuid.uuid4()), full.upper(), " " + full, full + "\n", full.replace("-", ""), "", "x" * 65,
+            self.tasks["ready"]["task_id"], self.mesatee.users[0][1]])
+
+    def task_ids(self) -> st.SearchStrategy[str]:
+        ready = self.tasks["ready"]
+        return mostly([task["task_id"] for task in self.tasks.values()], [
+            str(uuid.uuid4()), ready["task_id"].upper(), self.files["full"], "", "x" * 65, ready["task_token"]])
+
+    def task_tokens(self) -> st.SearchStrategy[str]:
+        return mostly([task["task_token"] for task in self.tasks.values()], [
+            "0" * 32, self.mesatee.token, self.mesatee.users[0][1], self.tasks["ready"]["task_token"].upper(), ""])
+
+
+def rarely() -> st.SearchStrategy[bool]:
+    """True one time in ten or so."""
+    return mostly([False], [True], 9)
+
+
+def mostly(common: list, odd: list, share: int = 3) -> st.SearchStrategy:
+    """One of `common` about `share` times in `share + 1`, else one of `odd` (weights made by repeating
+    values in one sampled_from came out far from their share in practice)."""
+    return st.one_of(*[st.sampled_from(common)] * share, st.sampled_from(odd))
+
+
+async def _upload(mesatee: Mesatee, who: tuple[str, str], file_id: str, sealed: bytes) -> None:
+    headers = {mesatee_http.USER_ID_HEADER: who[0], mesatee_http.USER_TOKEN_HEADER: who[1]}
+    async with mesatee.http.put(f"{mesatee.url('mesatee-tdfs')}/files/{file_id}", data=sealed,
+                                headers=headers) as response:
+        assert response.status == 200, await response.read()
+
+
+async def _file(mesatee: Mesatee, who: tuple[str, str], plaintext: bytes, *, content: bool = True) -> tuple[str, int]:
+    created = await mesatee.call("mesatee-tdfs", {
+        "type": "Create", "file_name": "hostile", "sha256": hashlib.sha256(plaintext).hexdigest(),
+        "file_size": len(plaintext), "user_id": who[0], "user_token": who[1]})
+    if content:
+        await _upload(mesatee, who, created["file_id"], _seal(plaintext, created["key_config"]))
+    return created["file_id"], len(plaintext) + 16
+
+
+async def make_world(mesatee: Mesatee) -> World:
+    owner, other, _ = mesatee.users
+    records = bytes(range(32)) + bytes(range(1, 33))        # two psi records
+    files, sizes = {}, {}
+    for name, who, plaintext, content in [("full", owner, records, True), ("empty", owner, records, False),
+                                          ("big", owner, os.urandom(BIG_PLAINTEXT), True),
+                                          ("theirs", other, records[32:] + bytes(32), True),
+                                          ("gone", owner, b"x", True)]:
+        files[name], sizes[files[name]] = await _file(mesatee, who, plaintext, content=content)
+    await mesatee.call("mesatee-tdfs", {"type": "Delete", "file_id": files["gone"], "user_id": owner[0],
+                                        "user_token": owner[1]})
+    spares = []
+    for _ in range(SPARE_FILES):
+        file_id, sizes[file_id] = await _file(mesatee, owner, records)
+        spares.append(file_id)
+    tasks = {}
+
+    async def task(function: str, collaborators: list[str], inputs: list[str]) -> dict:
+        return await mesatee.call("mesatee-tms", {"type": "Create", "function_name": function,
+                                                  "collaborator_list": collaborators, "files": inputs,
+                                                  "user_id": owner[0], "user_token": owner[1]})
+
+    for i in range(ECHO_TASKS):
+        tasks[f"echo{i}"] = await task("echo", [], [])
+    tasks["created"] = await task("psi", [other[0]], [files["full"]])
+    tasks["ready"] = await task("psi", [other[0]], [files["full"]])
+    await mesatee.call("mesatee-tms", {"type": "Update", "task_id": tasks["ready"]["task_id"],
+                                       "files": [files["theirs"]], "user_id": other[0], "user_token": other[1]})
+    tasks["finished"] = await task("echo", [], [])
+    await mesatee.call("mesatee-fns", {"task_id": tasks["finished"]["task_id"], "function_name": "echo",
+                                       "task_token": tasks["finished"]["task_token"], "payload": "done"})
+    return World(mesatee, files, spares, sizes, tasks)
+
+
+# -- bodies: often right, then one field off ----------------------------------------------------------------
+
+def perturbed(valid: st.SearchStrategy[dict]) -> st.SearchStrategy[dict]:
+    """A body as given (two times in three), or with one field dropped, replaced by any JSON value,
+    or one more field."""
+    def apply(body: dict, how: str, which: int, junk: object, name: str) -> dict:
+        if how == "as is":
+            return body
+        key = sorted(body)[which % len(body)]
+        if how == "drop":
+            return {k: v for k, v in body.items() if k != key}
+        if how == "replace":
+            return {**body, key: junk}
+        return {**body, name: junk}
+
+    # (choices, not an integer range: hypothesis favours a range's ends, which would be the odd cases)
+    return st.builds(apply, valid, mostly(["as is"], ["drop", "replace", "add"], 2), st.integers(0, 20),
+                     json_values, st.text(max_size=12) | st.sampled_from(["type", "user_id", "file_id", "task_id"]))
+
+
+def mixed(valid: st.SearchStrategy[dict], operations: tuple[str, ...]) -> st.SearchStrategy[dict]:
+    """Three in four bodies `perturbed`, the rest a valid body of one operation tagged as another."""
+    retyped = st.builds(lambda op, body: {**body, "type": op}, _operations(operations), valid)
+    return st.one_of(perturbed(valid), perturbed(valid), perturbed(valid), retyped)
+
+
+def as_json(bodies: st.SearchStrategy[dict]) -> st.SearchStrategy[bytes]:
+    """Encoded as JSON, now and then with a second copy of a key or bytes after the object."""
+    def encode(body: dict, how: str, tail: bytes) -> bytes:
+        try:
+            data = orjson.dumps(body)
+        except TypeError:          # a lone surrogate: JSON can still carry it, escaped
+            data = json.dumps(body).encode()
+        if how == "twice" and len(data) > 2:
+            return data[:-1] + b', "type": "Get"}'
+        if how == "tail":
+            return data + tail
+        return data
+
+    return st.builds(encode, bodies, mostly(["plain"], ["twice", "tail"], 9),
+                     st.sampled_from([b" ", b"\n{}", b"x", b"\x00", b"\xff"]))
+
+
+def credential_fields(world: World) -> st.SearchStrategy[dict]:
+    return world.credentials().map(lambda pair: {"user_id": pair[0], "user_token": pair[1]})
+
+
+def _sha256s() -> st.SearchStrategy[object]:
+    return st.binary(min_size=32, max_size=32).map(bytes.hex) | st.sampled_from(["A" * 64, "g" * 64, "0" * 63, ""])
+
+
+def _file_sizes() -> st.SearchStrategy[object]:
+    return st.integers(0, 4096) | st.sampled_from([2 ** 32 - 1, 2 ** 32, -1, 1.5, True, "16"])
+
+
+def _operations(names: tuple[str, ...]) -> st.SearchStrategy[str]:
+    return mostly(list(names), [name.lower() for name in names] + ["Error", "Upload", "", "Create "])
+
+
+def _spare(world: World, body: dict) -> dict:
+    """A Delete by the owner of the files the suite needs takes a spare instead (a Delete must stay possible)."""
+    keep = {world.files[name] for name in ("full", "empty", "big", "theirs")}
+    file_id = body.get("file_id")
+    if body.get("type") == "Delete" and isinstance(file_id, str) and file_id.strip().lower() in keep:
+        return {**body, "file_id": world.spares[len(body) % len(world.spares)]}
+    return body
+
+
+def tdfs_bodies(world: World) -> st.SearchStrategy[bytes]:
+    creds, file_ids = credential_fields(world), world.file_ids()
+    valid = st.one_of(
+        st.builds(lambda c, name, sha, size: {"type": "Create", **c, "file_name": name, "sha256": sha, "file_size": size},
+                  creds, st.text(max_size=30), _sha256s(), _file_sizes()),
+        st.builds(lambda op, c, file_id: {"type": op, **c, "file_id": file_id},
+                  st.sampled_from(["Get", "Get", "Delete"]), creds, file_ids),
+        st.builds(lambda c: {"type": "List", **c}, creds))
+    bodies = mixed(valid, subjects.TDFS_OPERATIONS)
+    return as_json(bodies.map(lambda body: _spare(world, body)))
+
+
+def tdfs_internal_bodies(world: World) -> st.SearchStrategy[bytes]:
+    users = [user for user, _ in world.mesatee.users]
+    user_ids = mostly(users, ["nobody", "", "a" * 65, 7])
+    valid = st.one_of(
+        st.builds(lambda task_id, user, sha, size, collaborators, policy: {
+            "type": "Create", "task_id": task_id, "user_id": user, "sha256": sha, "file_size": size,
+            "collaborator_list": collaborators, "allow_policy": policy},
+            world.task_ids() | st.sampled_from(["", "t" * 129]), user_ids, _sha256s(), _file_sizes(),
+            st.lists(user_ids, max_size=3) | st.just(["x"] * 65), mostly([0, 1, 2], [3, -1, True, None, "1"])),
+        st.builds(lambda file_id: {"type": "Get", "file_id": file_id}, world.file_ids()))
+    return as_json(mixed(valid, subjects.TDFS_INTERNAL_OPERATIONS))
+
+
+def _file_lists(world: World) -> st.SearchStrategy[object]:
+    files = world.files
+    return st.sampled_from([[], [files["full"]], [files["theirs"]], [files["full"], files["theirs"]],
+                            [files["gone"]], [files["empty"], files["empty"]], [str(uuid.uuid4())],
+                            [files["full"]] * 17, [files["full"].upper()], world.spares[:1]]) | \
+        st.lists(world.file_ids(), max_size=4)
+
+
+def tms_bodies(world: World) -> st.SearchStrategy[bytes]:
+    creds, task_ids = credential_fields(world), world.task_ids()
+    users = [user for user, _ in world.mesatee.users]
+    valid = st.one_of(
+        st.builds(lambda c, function, collaborators, files: {"type": "Create", **c, "function_name": function,
+                                                            "collaborator_list": collaborators, "files": files},
+                  creds, mostly(["echo", "psi"], ["gbdt_predict", "", "Echo", "e" * 65]),
+                  mostly([[], [users[1]], [users[2], users[1]]], [[users[0]], ["nobody"], [users[1]] * 2, ["x"] * 65]),
+                  _file_lists(world)),
+        st.builds(lambda c, task_id: {"type": "Get", **c, "task_id": task_id}, creds, task_ids),
+        st.builds(lambda c, task_id, files: {"type": "Update", **c, "task_id": task_id, "files": files},
+                  creds, task_ids, _file_lists(world)),
+        st.builds(lambda c: {"type": "List", **c}, creds))
+    return as_json(mixed(valid, subjects.TMS_OPERATIONS))
+
+
+def tms_internal_bodies(world: World) -> st.SearchStrategy[bytes]:
+    task_ids = world.task_ids()
+    users = [user for user, _ in world.mesatee.users]
+    outputs = st.lists(st.fixed_dictionaries({"user_id": st.sampled_from(users + ["", 7]),
+                                              "file_id": world.file_ids()}), max_size=3) | \
+        st.sampled_from([[{"user_id": users[0], "file_id": world.files["full"]}] * 65, [1], ["x"]])
+    valid = st.one_of(
+        st.builds(lambda task_id: {"type": "Get", "task_id": task_id}, task_ids),
+        st.builds(lambda task_id, status, outs, result, reason, deadline: {
+            "type": "Update", "task_id": task_id, "status": status, "output_files": outs,
+            "task_result_file_id": result, "failure_reason": reason, "running_deadline": deadline},
+            task_ids, st.sampled_from(list(tms_messages.STATUSES) + [None, "running", ""]), outputs,
+            st.none() | world.file_ids(), st.none() | st.text(max_size=20) | st.just("r" * 1025),
+            st.none() | st.floats(allow_nan=False) | st.sampled_from([time.time() + 60, True, "soon"])))
+    return as_json(mixed(valid, subjects.TMS_INTERNAL_OPERATIONS))
+
+
+def fns_bodies(world: World) -> st.SearchStrategy[bytes]:
+    def invoke(name: str, function: str | None, token: str | None, payload: object) -> dict:
+        task = world.tasks[name]
+        own = "psi" if name in ("created", "ready") else "echo"
+        return {"task_id": task["task_id"], "function_name": own if function is None else function,
+                "task_token": task["task_token"] if token is None else token, "payload": payload}
+
+    functions = st.sampled_from(["echo", "psi", "gbdt_predict", "", "Echo"])
+    payloads = st.text(max_size=40) | st.sampled_from(["echo_payload", None]) | json_values | st.builds(
+        lambda: "p" * (fns_messages.MAX_PAYLOAD_CHARS + 1))
+    # the task's own function and token most of the time
+    valid = st.builds(invoke, st.sampled_from(sorted(world.tasks)), st.none() | st.none() | functions,
+                      st.none() | st.none() | world.task_tokens(), payloads)
+    loose = st.builds(lambda task_id, function, token, payload: {"task_id": task_id, "function_name": function,
+                                                                 "task_token": token, "payload": payload},
+                      world.task_ids(), functions, world.task_tokens(), payloads)
+    return as_json(perturbed(valid | loose) | valid | st.builds(lambda body, kind: {**body, "type": kind}, valid,
+                                                                 st.sampled_from(["Invoke", "Create", "Error"])))
+
+
+# -- PUT, GET and HEAD of /files, byte by byte ------------------------------------------------------------
+
+@st.composite
+def file_requests(draw, world: World, upload: bool = False) -> Hostile:
+    """An upload or download of a real file (or a near miss) over a raw socket: the user in headers
+    good, bad, missing or not UTF-8; bodies of the right size, one byte off, or far off; framed by a
+    true, larger or smaller Content-Length, chunked, or not at all; sent at once, slowly, half-closed,
+    or after waiting for `100 Continue`. `upload`: a PUT by the owner of one of their files, only its
+    body and framing at stake."""
+    files, (owner, mine), (other, theirs) = world.files, world.owner, world.collaborator
+    if upload:
+        name = draw(st.sampled_from(["full", "empty", "big", "spare"]))
+    else:
+        name = draw(mostly(["full", "empty", "big", "theirs", "spare"], ["gone", "unknown"]))
+    file_id = {"spare": world.spares[0], "unknown": str(uuid.uuid4())}.get(name) or files[name]
+    size = world.sizes.get(file_id, 80)
+    path = draw(mostly([file_id], [file_id.upper(), file_id + "/", "x", file_id[:-1], "%00", file_id + "/more", ""]))
+    method = b"PUT" if upload else draw(mostly([b"PUT", b"PUT", b"GET", b"HEAD"], [b"POST", b"DELETE"], 5))
+    internal = world.mesatee.token.encode()
+    who = draw(mostly([[owner.encode(), mine.encode()], [owner.encode(), mine.encode()],
+                       [other.encode(), theirs.encode()]], [
+        [owner.encode(), theirs.encode()], [owner.encode(), b""], [owner.encode(), internal],
+        [b"\xff" + owner.encode(), mine.encode()], [owner.encode(), mine.encode() + b"\x80"],
+        [owner.encode(), None], [None, mine.encode()], [None, None], [b"", mine.encode()],
+        [b"a" * 65, mine.encode()], [owner.encode(), b"t" * 257], [mine.encode(), owner.encode()],
+        ["\u00e9".encode("latin-1") + owner.encode(), mine.encode()]]))
+    if upload:
+        path, who = file_id, [owner.encode(), mine.encode()]
+    lines = [method + b" /files/" + path.encode() + b" HTTP/1.1", b"Host: x"]
+    for header, value in zip((mesatee_http.USER_ID_HEADER, mesatee_http.USER_TOKEN_HEADER), who):
+        if value is not None:
+            lines.append(header.encode() + b": " + value)
+    if draw(rarely()):
+        lines.append(b"Authorization: Bearer " + internal)
+    if draw(rarely()):                      # the header twice
+        lines.append(mesatee_http.USER_ID_HEADER.encode() + b": " + other.encode())
+    sent = draw(mostly([size], [size - 1, size + 1, 0, 1, 2 * size + 1, max(size - 16, 0)], 2))
+    if method in (b"GET", b"HEAD") and not draw(rarely()):
+        sent = 0
+    body = bytes([draw(st.integers(0, 255))]) * sent
+    framing = draw(mostly(["length", "chunked", "expect"], ["declared-more", "declared-less", "none",
+                                                             "expect-after-body", "bad-chunked", "hang-up"], 2))
+    half_close = framing == "hang-up"       # the whole request, then the client's end of the connection
+    if framing in ("length", "expect", "expect-after-body", "hang-up"):
+        lines.append(b"Content-Length: %d" % len(body))
+        if framing.startswith("expect"):
+            lines.append(b"Expect: " + draw(mostly([b"100-continue"], [b"100-Continue", b"200-ok"])))
+    elif framing.endswith("chunked"):
+        lines.append(b"Transfer-Encoding: chunked")
+        cuts = sorted(draw(st.lists(st.integers(0, len(body)), max_size=3)))
+        parts = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)]) if b > a]
+        body = b"".join(b"%x\r\n" % len(part) + part + b"\r\n" for part in parts) + b"0\r\n\r\n"
+        if framing == "bad-chunked":
+            body = body[:draw(st.integers(0, len(body)))] + draw(st.sampled_from([b"zz\r\n", b"1\r\nabc\r\n", b""]))
+            half_close = True
+    elif framing == "declared-more":          # the body ends (half-close) before its Content-Length
+        lines.append(b"Content-Length: %d" % (len(body) + draw(st.integers(1, 100))))
+        half_close = True
+    elif framing == "declared-less":          # the rest of the body is what the server reads next
+        lines.append(b"Content-Length: %d" % max(len(body) - draw(st.integers(1, 20)), 0))
+    slow = draw(rarely())
+    return Hostile("RAW", "", {}, b"", raw=b"\r\n".join(lines) + b"\r\n\r\n" + body, pieces=3 if slow else 1,
+                   half_close=half_close, await_continue=framing == "expect")
+
+
+# -- the property: answers in shape, one log line per refusal and service, no credential ----------------------
+
+def recording(check: Callable[[Hostile, Answer], None], answers: list[Answer]) -> Callable[[Hostile, Answer], None]:
+    def record(request: Hostile, answer: Answer) -> None:
+        answers.append(answer)
+        check(request, answer)
+
+    return record
+
+
+UNLOGGED = ("Not Found: ", "Method Not Allowed: ", "Expectation Failed: ")   # the runner's own refusals
+REFUSALS = ("request refused", "request failed", "bad request refused")     # components', the adapter's
+
+
+def assert_one_line_per_refusal(logs: str, answers: list[Answer]) -> Counter:
+    """Each refused request (a 4xx under a request id the server made) left exactly one refusal line
+    from the HTTP adapter and at most one from each component it reached; no line of the suite is a
+    warning or worse. (Other lines a request causes, a task's "task failed" say, are not refusals.)
+    Refusals the runner makes before any handler (no such route, no such method, a bad Expect) leave
+    none today: they are counted apart (see test_every_refusal_on_a_mesatee_site_leaves_one_log_line)."""
+    lines: dict[str, list[dict]] = {}
+    everything = [orjson.loads(text) for text in logs.splitlines()]
+    for line in everything:
+        if "request_id" in line and line["event"] in REFUSALS:
+            lines.setdefault(line["request_id"], []).append(line)
+    loud = [line for line in everything if line["level"] not in ("debug", "info")]
+    assert not loud, loud[:5]
+    figures: Counter = Counter()
+    for answer in answers:
+        if not (400 <= answer.status < 500 and (answer.request_id or "").startswith(log._ID_PREFIX)):
+            continue
+        mine = lines.get(answer.request_id, [])
+        per_component = Counter(line["component"] for line in mine)
+        assert all(count == 1 for count in per_component.values()), (answer, mine)
+        # (an answer to a HEAD has no body to tell why)
+        unlogged = orjson.loads(answer.body)["message"].startswith(UNLOGGED) if answer.body else answer.status in (
+            404, 405, 417)
+        if not mine and unlogged:
+            figures["unlogged (no route, bad Expect)"] += 1
+            continue
+        assert per_component["adapters.http"] == 1, (answer, mine)
+        figures[f"{len(mine)} line{'s' if len(mine) > 1 else ''}"] += 1
+    return figures
+
+
+async def run_mesatee_suite(world: World, name: str, site: str, examples: int, strategy,
+                            check: Callable[[Hostile, Answer], None], captured_logs, caplog,
+                            explicit: list[dict | Hostile] = (),
+                            after: Callable[[], Awaitable[None]] | None = None) -> Counter:
+    """`explicit`: requests sent first, a dict as a body POSTed as it is (with the internal credential
+    on an internal site): cases of what the suites found, so that each fails every time until it is
+    fixed (see the tests after the suites). `after`: the site's own checks of its state, made before
+    the logs are looked at."""
+    answers: list[Answer] = []
+    auth = {"Authorization": f"Bearer {world.mesatee.token}"} if site.endswith("-internal") else {}
+    cases = tuple(case if isinstance(case, Hostile) else Hostile("POST", "/", auth, orjson.dumps(case))
+                  for case in explicit)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http:
+        url, port = world.mesatee.url(site), world.mesatee.port(site)
+        tally = await run_in_thread(name, examples, strategy, lambda request: _send(http, url, port, request),
+                                    recording(check, answers), cases)
+    await asyncio.sleep(0.2)                 # a late log line (a client gone mid-body) comes too
+    logs = captured_logs()
+    assert tally["requests"] >= examples and not [s for s in tally if isinstance(s, int) and s >= 500], tally
+    _no_answers_are_rare(tally)
+    if after is not None:
+        await after()
+    traced = [_redacted(line, world.secrets()) for line in logs.splitlines() if "Traceback" in line]
+    assert not traced, "tracebacks in the logs:\n" + "\n".join(traced[:3])
+    assert_quiet_logs(logs, caplog)
+    lines = assert_one_line_per_refusal(logs, answers)
+    print(f"refusal lines per refused request (server-made ids): {dict(sorted(lines.items()))}")
+    # last, so that the other properties are checked whatever this finds (and never print the secret)
+    leaks = [line for secret in world.secrets() for line in _lines_with(logs, secret)]
+    assert not leaks, "credentials in the logs (replaced here by <the credential>):\n" + "\n".join(leaks)
+    return tally
+
+
+def _lines_with(logs: str, secret: str) -> list[str]:
+    return [line.replace(secret, "<the credential>") for line in logs.splitlines() if secret in line][:3]
+
+
+def _redacted(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "<the credential>")
+    return text
+
+
+def _external(world: World, paths: list[str], bodies: st.SearchStrategy[bytes]) -> st.SearchStrategy[Hostile]:
+    """Focused requests (the site's own bodies), also with the internal credential (which an external
+    site ignores) and any body, and random ones."""
+    internal = {"Authorization": f"Bearer {world.mesatee.token}"}
+    return st.one_of(focused_requests("POST", paths, {}, bodies), focused_requests("POST", paths, {}, bodies),
+                     focused_requests("POST", paths, internal, bodies | common_bodies),
+                     hostile_requests(random_paths(paths), world.mesatee.token, bodies | common_bodies))
+
+
+def _internal(world: World, bodies: st.SearchStrategy[bytes]) -> st.SearchStrategy[Hostile]:
+    """Focused requests with the internal credential, and with a user's token or a task token instead;
+    random ones."""
+    token = world.mesatee.token
+    wrong = [world.owner[1], world.tasks["ready"]["task_token"], token.upper(), token[:-1]]
+    right = {"Authorization": f"Bearer {token}"}
+    return st.one_of(focused_requests("POST", ["/"], right, bodies), focused_requests("POST", ["/"], right, bodies),
+                     st.sampled_from(wrong).flatmap(
+                         lambda other: focused_requests("POST", ["/"], {"Authorization": f"Bearer {other}"}, bodies)),
+                     hostile_requests(random_paths(["/"]), token, bodies | common_bodies),
+                     hostile_requests(random_paths(["/"]), world.owner[1], bodies | common_bodies))
+
+
+async def test_hostile_suite_against_the_mesatee_tdfs(mesatee: Mesatee, captured_logs, caplog):
+    world = await make_world(mesatee)
+    strategy = _external(world, ["/"], tdfs_bodies(world))
+    me = dict(zip(("user_id", "user_token"), world.owner))
+    misplaced = [{"type": "Get", **me, "file_id": world.owner[1]}, {"type": world.owner[1], **me}]
+    check = mesatee_checker(("Create", "Get", "List", "Delete"))
+    await run_mesatee_suite(world, "MesaTEE TDFS (5065) POST /", "mesatee-tdfs", TDFS_REQUESTS, strategy, check,
+                            captured_logs, caplog, misplaced)
+
+
+async def test_hostile_uploads_and_downloads_on_the_mesatee_tdfs(mesatee: Mesatee, captured_logs, caplog):
+    world = await make_world(mesatee)
+    paths = [f"/files/{file_id}" for file_id in [*world.files.values(), world.spares[0]]]
+    owner = {mesatee_http.USER_ID_HEADER: world.owner[0], mesatee_http.USER_TOKEN_HEADER: world.owner[1]}
+    sized = st.sampled_from([world.sizes[world.files["full"]]] * 3 + [0, 1, 79, 81]).map(lambda n: b"u" * n)
+    strategy = st.one_of(file_requests(world), file_requests(world), file_requests(world, upload=True),
+                         focused_requests("PUT", paths, owner, sized | common_bodies),
+                         focused_requests("GET", paths, owner, st.just(b"")),
+                         hostile_requests(random_paths(paths + ["/"]), None, sized | common_bodies))
+    check = mesatee_checker(("Create", "Get", "List", "Delete", "Upload"), octets=True)
+    user = [(mesatee_http.USER_ID_HEADER, world.owner[0]), (mesatee_http.USER_TOKEN_HEADER, world.owner[1])]
+    gone = [Hostile("RAW", "", {}, b"", raw=request_bytes(method, f"/files/{world.files['full']}", extra=user),
+                    half_close=True) for method in ("GET", "HEAD")]     # clients that leave before the answer
+    ours = {*world.files.values(), *world.spares}
+
+    async def nothing_half_stored() -> None:
+        """No upload stays staged, and what is stored has exactly its size and is served whole."""
+        def staged() -> list[str]:
+            return [p.name for p in mesatee.files_dir.iterdir() if p.name.split(".", 1)[0] in ours
+                    and p.name.endswith(file_store.PART_SUFFIX)]
+
+        await eventually(lambda: not staged(), timeout=5)
+        for file_id in ours:
+            stored = mesatee.files_dir / file_id
+            if stored.exists():
+                assert stored.stat().st_size == world.sizes[file_id], file_id
+        async with mesatee.http.get(f"{mesatee.url('mesatee-tdfs')}/files/{world.files['full']}",
+                                    headers=owner) as response:
+            assert response.status == 200 and len(await response.read()) == world.sizes[world.files["full"]]
+
+    await run_mesatee_suite(world, "MesaTEE TDFS (5065) PUT/GET/HEAD /files", "mesatee-tdfs", TDFS_FILES_REQUESTS,
+                            strategy, check, captured_logs, caplog, gone, nothing_half_stored)
+
+
+async def test_hostile_suite_against_the_mesatee_internal_tdfs(mesatee: Mesatee, captured_logs, caplog):
+    world = await make_world(mesatee)
+    strategy = _internal(world, tdfs_internal_bodies(world))
+    misplaced = [{"type": "Get", "file_id": mesatee.token}]
+    await run_mesatee_suite(world, "MesaTEE TDFS internal (5066)", "mesatee-tdfs-internal", TDFS_INTERNAL_REQUESTS,
+                            strategy, mesatee_checker(("Create", "Get")), captured_logs, caplog, misplaced)
+
+
+async def test_hostile_suite_against_the_mesatee_tms(mesatee: Mesatee, captured_logs, caplog):
+    world = await make_world(mesatee)
+    strategy = _external(world, ["/"], tms_bodies(world))
+    misplaced = [{"type": "Get", "user_id": world.owner[0], "user_token": world.owner[1], "task_id": world.owner[1]}]
+    await run_mesatee_suite(world, "MesaTEE TMS (5554)", "mesatee-tms", TMS_REQUESTS, strategy,
+                            mesatee_checker(("Create", "Get", "Update", "List")), captured_logs, caplog, misplaced)
+
+
+async def test_hostile_suite_against_the_mesatee_internal_tms(mesatee: Mesatee, captured_logs, caplog):
+    world = await make_world(mesatee)
+    strategy = _internal(world, tms_internal_bodies(world))
+    misplaced = [{"type": "Update", "task_id": world.tasks["ready"]["task_id"], "status": mesatee.token,
+                  "output_files": []}]
+    await run_mesatee_suite(world, "MesaTEE TMS internal (5555)", "mesatee-tms-internal", TMS_INTERNAL_REQUESTS,
+                            strategy, mesatee_checker(("Get", "Update")), captured_logs, caplog, misplaced)
+
+
+async def test_hostile_suite_against_the_mesatee_function_node(mesatee: Mesatee, captured_logs, caplog):
+    world = await make_world(mesatee)
+    strategy = _external(world, ["/"], fns_bodies(world))
+    task = world.tasks["echo0"]
+    misplaced = [{"task_id": world.owner[1], "function_name": "echo", "task_token": task["task_token"],
+                  "payload": "x"}]
+    await run_mesatee_suite(world, "MesaTEE FNS (3444)", "mesatee-fns", FNS_REQUESTS, strategy,
+                            mesatee_checker(result=True), captured_logs, caplog, misplaced)
+
+
+# -- what the suites found, pinned down ------------------------------------------------------------------------
+
+def _refusal_lines(logs: str, request_id: str) -> list[dict]:
+    return [line for line in map(orjson.loads, logs.splitlines())
+            if line.get("request_id") == request_id and line["event"] in REFUSALS]
+
+
+async def test_every_refusal_on_a_mesatee_site_leaves_one_log_line(mesatee: Mesatee, captured_logs):
+    """The runner answers an unknown path (404), a method the path does not take (405) and an Expect
+    other than 100-continue (417) before any handler, and logs nothing for them; every other refusal
+    (the controls) leaves one line."""
+    cases = {"unknown path (404)": request_bytes("POST", "/nope", b"{}"),
+             "GET of the POST route (405)": request_bytes("GET", "/"),
+             "Expect: 200-ok (417)": request_bytes(body=b"{}", extra=[("Expect", "200-ok")]),
+             "control: not JSON (400)": request_bytes(body=b"x"),
+             "control: gzip (415)": request_bytes(body=b"{}", extra=[("Content-Encoding", "gzip")]),
+             "control: parser error (400)": request_bytes(body=b"{}", host=False)}
+    answered = {}
+    for name, data in cases.items():
+        response = await raw_exchange(mesatee.port("mesatee-tms"), data)
+        assert_kms_error(response, (400, 404, 405, 415, 417))
+        answered[name] = response.headers["x-request-id"]
+    await asyncio.sleep(0.2)
+    logs = captured_logs()
+    unlogged = [name for name, request_id in answered.items() if len(_refusal_lines(logs, request_id)) != 1]
+    assert not unlogged, f"refusals without exactly one log line: {unlogged}"
+
+
+async def test_a_credential_sent_in_the_wrong_field_stays_out_of_mesatee_logs(mesatee: Mesatee, captured_logs):
+    """A user token (or the internal token, or a task token) sent where an id or a tag belongs is quoted
+    in the 400's message, which is fine for the client who sent it; the log line of the refusal must
+    not quote it."""
+    (owner, token), internal = mesatee.users[0], mesatee.token
+    task = await mesatee.call("mesatee-tms", {"type": "Create", "function_name": "echo", "collaborator_list": [],
+                                              "files": [], "user_id": owner, "user_token": token})
+    me = {"user_id": owner, "user_token": token}
+    cases = {"a user token as file_id": ("mesatee-tdfs", {"type": "Get", **me, "file_id": token}, token),
+             "a user token as type": ("mesatee-tdfs", {"type": token, **me}, token),
+             "a user token as task_id": ("mesatee-tms", {"type": "Get", **me, "task_id": token}, token),
+             "a task token as task_id": ("mesatee-fns", {"task_id": task["task_token"], "function_name": "echo",
+                                                         "task_token": task["task_token"], "payload": "x"},
+                                         task["task_token"]),
+             "the internal token as file_id": ("mesatee-tdfs-internal", {"type": "Get", "file_id": internal}, internal),
+             "the internal token as status": ("mesatee-tms-internal", {
+                 "type": "Update", "task_id": task["task_id"], "status": internal, "output_files": []}, internal)}
+    leaked = []
+    for case, (site, body, secret) in cases.items():
+        hdrs = [("Authorization", f"Bearer {internal}")] if site.endswith("-internal") else []
+        response = await raw_exchange(mesatee.port(site), request_bytes(body=orjson.dumps(body), extra=hdrs))
+        assert_kms_error(response, 400)
+        await asyncio.sleep(0.05)
+        lines = _refusal_lines(captured_logs(), response.headers["x-request-id"])
+        assert len(lines) == 1, lines
+        if secret in orjson.dumps(lines[0]).decode():
+            leaked.append(f"{case} ({site}): {lines[0]['error'].replace(secret, '<the credential>')}")
+    assert not leaked, "credentials quoted in log lines:\n" + "\n".join(leaked)
+
+
+async def test_a_mesatee_upload_refused_on_its_headers_gets_no_100_continue(mesatee: Mesatee):
+    """`Expect: 100-continue` exists so that a client learns of a refusal before it sends its body
+    (a TDFS upload may be 4 GiB): a PUT the TDFS refuses on its headers alone (wrong size, wrong
+    token, another's file) must be answered at once, not invited to send."""
+    owner, other = mesatee.users[0], mesatee.users[1]
+    file_id, size = await _file(mesatee, owner, b"x" * 64, content=False)
+
+    async def first_answer(who: tuple[str, str], length: int) -> int:
+        reader, writer = await asyncio.open_connection(HOST, mesatee.port("mesatee-tdfs"))
+        try:
+            writer.write(request_bytes("PUT", f"/files/{file_id}", extra=[
+                (mesatee_http.USER_ID_HEADER, who[0]), (mesatee_http.USER_TOKEN_HEADER, who[1]),
+                ("Expect", "100-continue")]).replace(b"Content-Length: 0", b"Content-Length: %d" % length))
+            await writer.drain()
+            return (await read_response(reader, timeout=3, interim=True)).status
+        finally:
+            writer.close()
+
+    assert await first_answer(owner, size) == 100                     # the control: it may send
+    answers = {"one byte more": await first_answer(owner, size + 1),
+               "one byte less": await first_answer(owner, size - 1),
+               "a wrong token": await first_answer((owner[0], owner[1] + "x"), size),
+               "another user's upload": await first_answer(other, size)}
+    invited = [case for case, status in answers.items() if status == 100]
+    assert not invited, f"invited to send a body that will be refused: {invited} ({answers})"
+
+
+async def test_a_mesatee_download_whose_client_left_logs_no_traceback(mesatee: Mesatee, captured_logs):
+    """A client that sends its GET (or HEAD) of /files/<id> and closes its end (a download given up
+    at once, `nc -N`): nobody is left to answer, and the log says so in one line at most, without a
+    traceback (as for every other request a client leaves, below)."""
+    file_id, _ = await _file(mesatee, mesatee.users[0], b"x" * 64)
+    user = [(mesatee_http.USER_ID_HEADER, mesatee.users[0][0]), (mesatee_http.USER_TOKEN_HEADER, mesatee.users[0][1])]
+    sent = {"GET": request_bytes("GET", f"/files/{file_id}", extra=user),
+            "HEAD": request_bytes("HEAD", f"/files/{file_id}", extra=user),
+            "control: PUT": request_bytes("PUT", f"/files/{file_id}", b"u" * 80, extra=user),
+            "control: POST /": request_bytes(body=orjson.dumps({"type": "List", "user_id": mesatee.users[0][0],
+                                                                "user_token": mesatee.users[0][1]}))}
+    loud = {}
+    for name, data in sent.items():
+        before = len(captured_logs().splitlines())
+        try:
+            await raw_exchange(mesatee.port("mesatee-tdfs"), data, timeout=3, half_close=True)
+        except Closed:
+            pass                   # (aiohttp takes a half-close for the client leaving: no answer)
+        await asyncio.sleep(0.2)
+        lines = [orjson.loads(line) for line in captured_logs().splitlines()[before:]]
+        bad = [line for line in lines if line["level"] not in ("debug", "info") or "exception" in line]
+        if bad:
+            loud[name] = [f"{line['level']} {line['event']}: {line.get('exception', '').splitlines()[-1:]}"
+                          for line in bad]
+    assert not loud, f"a client that left got tracebacks logged: {loud}"

@@ -229,7 +229,7 @@ async def test_a_tampered_input_fails_the_task(stack, users):
 
 @pytest.mark.parametrize("change, status, message", [
     ({"task_token": "0" * 32}, 401, "task_token does not match"),
-    ({"function_name": "psi"}, 400, "runs 'echo', not 'psi'"),
+    ({"function_name": "psi"}, 400, "runs 'echo', not the function_name of this request"),
     ({"task_token": "short"}, 400, "task_token must be"),
     ({"task_id": "not-a-uuid"}, 400, "task_id must be a UUID"),
     ({"payload": 7}, 400, "payload must be a string or null"),
@@ -285,7 +285,7 @@ async def test_authorisation_of_tasks(stack, users, bus):
 
 
 @pytest.mark.parametrize("body, message", [
-    ({"type": "Delete"}, "unknown external TMS request type 'Delete'"),
+    ({"type": "Delete"}, "unknown external TMS request type (another string); expected one of Create"),
     ({"type": "Create", "user_id": "user1", "user_token": "token1"}, "needs the field 'function_name'"),
     ({"type": "Create", "function_name": "echo", "collaborator_list": "user2", "files": [], "user_id": "user1",
       "user_token": "token1"}, "collaborator_list must be a list"),

@@ -378,7 +378,7 @@ def without(body: dict, name: str) -> dict:
     ({**GOOD_CREATE, "file_name": "n" * 1025}, False, "file_name is longer than 1024"),
     ({**GOOD_CREATE, "file_name": None}, False, "file_name must be a string"),
     ({**GOOD_CREATE, "type": "Rename"}, False, "expected one of Create, Get, List, Delete"),
-    (without(GOOD_CREATE, "type"), False, "unknown external TDFS request type None"),
+    (without(GOOD_CREATE, "type"), False, "unknown external TDFS request type (missing)"),
     (without(GOOD_CREATE, "sha256"), False, "a Create request needs the field 'sha256'"),
     (without(GOOD_CREATE, "file_size"), False, "a Create request needs the field 'file_size'"),
     (without(GOOD_CREATE, "file_name"), False, "a Create request needs the field 'file_name'"),

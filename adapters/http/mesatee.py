@@ -107,6 +107,7 @@ def tdfs_routes(context: SiteContext) -> list[routes.Route]:
         declared = request.content_length
         if declared is not None and declared != size:
             raise _refused(request, *_wrong_size(file_id, declared, size))
+        await context.proceed(request)          # only now is the body invited (Expect: 100-continue)
         vanished = None
         async with file_store.Staged(target, size) as staged:
             await _receive(request, staged, context.site.body_timeout, file_id)
@@ -134,7 +135,7 @@ def tdfs_routes(context: SiteContext) -> list[routes.Route]:
         finally:
             await asyncio.to_thread(stored.close)
 
-    return [*tdfs_json_routes(context), routes.put("/files/{file_id}", upload),
+    return [*tdfs_json_routes(context), routes.put("/files/{file_id}", upload, answers_expect=True),
             routes.get("/files/{file_id}", download)]
 
 
@@ -228,13 +229,13 @@ async def _send(request: web.BaseRequest, stored: IO[bytes], size: int) -> web.S
     request_id = log.current_request_id()
     if request_id:
         response.headers[REQUEST_ID_HEADER] = request_id   # the runner's own setting comes too late
-    await response.prepare(request)
-    if request.method == "HEAD":
-        return response
     try:
+        await response.prepare(request)
+        if request.method == "HEAD":
+            return response
         while chunk := await asyncio.to_thread(stored.read, file_store.READ_BYTES):
             await response.write(chunk)
         await response.write_eof()
-    except ConnectionError:   # the client left mid-download: nobody to answer
+    except ConnectionError:   # the client left before or during the download: nobody to answer
         log.get_logger("adapters.http").info("download abandoned by the client")
     return response

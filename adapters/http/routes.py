@@ -43,6 +43,9 @@ class Route:
     # This route's own bound on bodies, instead of its site's. `SiteContext.body` may read whole
     # bodies only up to the site's limit: a route allowing more streams `request.content` itself.
     body_limit: int | None = None
+    # The handler answers `Expect: 100-continue` itself, after its checks (`SiteContext.proceed`),
+    # instead of the runner inviting every body at once (an upload refused on its headers).
+    answers_expect: bool = False
 
 
 def get(path: str, handler: Handler) -> Route:
@@ -57,8 +60,8 @@ def delete(path: str, handler: Handler) -> Route:
     return Route("DELETE", path, handler)
 
 
-def put(path: str, handler: Handler, *, body_limit: int | None = None) -> Route:
-    return Route("PUT", path, handler, body_limit=body_limit)
+def put(path: str, handler: Handler, *, body_limit: int | None = None, answers_expect: bool = False) -> Route:
+    return Route("PUT", path, handler, body_limit=body_limit, answers_expect=answers_expect)
 
 
 def forward(method: str, path: str, subject: Callable[[Mapping[str, str]], str], *,

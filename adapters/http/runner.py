@@ -106,6 +106,12 @@ class SiteContext:
         """The body parsed as one CBOR item (400 naming `expected` when it is not)."""
         return bodies.parse_cbor(await self.body(request), expected)
 
+    async def proceed(self, request: web.BaseRequest) -> None:
+        """Invite the body of a route that answers `Expect: 100-continue` itself (`answers_expect`),
+        once its checks have passed: a client learns of a refusal before it sends the body."""
+        if EXPECT in request.headers:
+            await _answer_expect(request)
+
     async def forward(self, request: web.BaseRequest, subject: str, *, content_type: str = headers.OCTETS,
                       reply_type: str | None = None, timeout: float | None = None) -> web.Response:
         """Send the body to `subject` as it is (typed `content_type`) and answer with the reply's bytes."""
@@ -141,10 +147,11 @@ def site_handler(site: Site, context: SiteContext) -> Handler:
                 raise bodies.too_large(request, body_limit)     # before a byte of the body is read
             if CONTENT_ENCODING in request.headers:
                 _identity_only(request)
-            if EXPECT in request.headers:
+            if EXPECT in request.headers and not route.answers_expect:
                 await _answer_expect(request)
             response = await route.handler(request)
         except NoRoute as exc:
+            _log.info("request failed", status=exc.status, error="no such route")
             response = _no_route(site, request, exc)
         except BusError as exc:
             level = _log.warning if exc.status >= 500 else _log.info
@@ -153,6 +160,7 @@ def site_handler(site: Site, context: SiteContext) -> Handler:
             if isinstance(exc, bodies.Unread):
                 response.force_close()
         except web.HTTPException as exc:
+            _log.info("request failed", status=exc.status, error=exc.reason)
             response = _render(site, exc.status, f"{exc.reason}: {request.method} {request.path}", {})
         except Exception:
             _log.exception("adapter failed")

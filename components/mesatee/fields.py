@@ -1,8 +1,9 @@
 """The fields MesaTEE's messages share, validated one way for every service (KMS, TDFS, TMS, FNS).
 
 Each parser takes the value as JSON gave it and returns it checked (and canonical), or raises
-BadRequest with a message naming the field and what it should be. Unknown fields are ignored, as
-serde does.
+BadRequest with a message naming the field and what it should be. A message never quotes the value
+it refuses: refusals are logged, and a credential sent in the wrong field (a token as an id or a
+tag) must not reach the logs. Unknown fields are ignored, as serde does.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ def text(value: Any, name: str, limit: int, *, empty: bool = False) -> str:
 def uuid_id(value: Any, name: str) -> str:
     """An id that is a UUID (file, task, key ids), answered in canonical lower case."""
     if not isinstance(value, str) or len(value) > MAX_ID_CHARS or not UUID.match(value):
-        shown = repr(value) if isinstance(value, str) and len(value) <= MAX_ID_CHARS else json_type(value)
-        raise BadRequest(f"{name} must be a UUID such as {_SAMPLE_ID!r}, not {shown}")
+        given = "a string of another form" if isinstance(value, str) else json_type(value)
+        raise BadRequest(f"{name} must be a UUID such as {_SAMPLE_ID!r} (8-4-4-4-12 hexadecimal digits), "
+                         f"not {given}")
     return value.lower()
 
 
@@ -89,7 +91,8 @@ def operation(body: Any, operations: Iterable[str], expected: str | None, which:
                          f"{{\"type\": \"{operations[0]}\", ...}}")
     tag = body.get("type")
     if tag not in operations:
-        raise BadRequest(f"unknown {which} request type {tag!r}; expected one of {', '.join(operations)}")
+        given = "missing" if tag is None else "another string" if isinstance(tag, str) else json_type(tag)
+        raise BadRequest(f"unknown {which} request type ({given}); expected one of {', '.join(operations)}")
     if expected is not None and tag != expected:
         raise BadRequest(f"this endpoint serves {expected} requests, not {tag}")
     return tag

@@ -72,7 +72,8 @@ class FnsComponent(Component):
             raise Unauthorized(f"task_token does not match task {request.task_id}: use the token TMS gave "
                                "for this task")
         if task["function_name"] != request.function_name:
-            raise BadRequest(f"task {request.task_id} runs {task['function_name']!r}, not {request.function_name!r}")
+            raise BadRequest(f"task {request.task_id} runs {task['function_name']!r}, not the function_name "
+                             "of this request")
         if task["status"] != READY:
             raise Conflict(_not_ready(request.task_id, task))
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bus.errors import BadRequest
+from components.mesatee import fields
 from components.mesatee.fields import UUID
 from components.mesatee.subjects import KMS_OPERATIONS
 
@@ -49,20 +50,13 @@ def parse_key_id(value: Any) -> str:
     if len(value) > MAX_KEY_ID_CHARS:
         raise BadRequest(f"key_id is longer than {MAX_KEY_ID_CHARS} characters; it must be a UUID")
     if not UUID.match(value):
-        raise BadRequest(f"key_id {value!r} is not a UUID (8-4-4-4-12 hexadecimal digits)")
+        raise BadRequest("key_id is not a UUID (8-4-4-4-12 hexadecimal digits)")
     return value.lower()
 
 
 def parse_request(body: Any, expected: str | None = None) -> KmsRequest:
     """Validate a tagged KMSRequest; `expected` pins the operation a bus endpoint serves."""
-    if not isinstance(body, dict):
-        raise BadRequest("a KMS request is a JSON object such as {\"type\": \"Create\"}")
-    operation = body.get("type")
-    if operation not in KMS_OPERATIONS:
-        raise BadRequest(f"unknown KMS request type {operation!r}; expected one of "
-                         f"{', '.join(KMS_OPERATIONS)}")
-    if expected is not None and operation != expected:
-        raise BadRequest(f"this endpoint serves {expected} requests, not {operation}")
+    operation = fields.operation(body, KMS_OPERATIONS, expected, "KMS")
     if operation == "Create":
         return KmsRequest(operation)
     if "key_id" not in body:

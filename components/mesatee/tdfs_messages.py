@@ -122,7 +122,7 @@ def parse_access(body: Any) -> AccessRequest:
         raise BadRequest('an access request is {"file_id", "user_id", "user_token", "mode"}')
     mode = fields.required(body, "mode", "access")
     if mode not in (READ, WRITE):
-        raise BadRequest(f"mode must be {READ!r} or {WRITE!r}, not {mode!r}")
+        raise BadRequest(f"mode must be {READ!r} or {WRITE!r}")
     return AccessRequest(fields.uuid_id(fields.required(body, "file_id", "access"), "file_id"),
                          fields.user_id(fields.required(body, "user_id", "access")),
                          fields.user_token(fields.required(body, "user_token", "access")), mode)

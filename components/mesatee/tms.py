@@ -60,7 +60,7 @@ class TmsComponent(Component):
         request = messages.parse_request(incoming.payload, expected="Create")
         user = await auth.authenticate(self.requester, request.user_id, request.user_token)
         if request.function_name not in FUNCTIONS:
-            raise NotFound(f"no function named {request.function_name!r}; the function node runs: "
+            raise NotFound("function_name names no function of this function node; it runs: "
                            f"{', '.join(sorted(FUNCTIONS))}")
         await self._check_readable(user, request.files)
         self._check_quota(user)

@@ -206,7 +206,7 @@ def parse_internal_request(body: Any, expected: str | None = None) -> InternalUp
         return task_id
     status = body.get("status")
     if status is not None and status not in STATUSES:
-        raise BadRequest(f"status must be one of {', '.join(STATUSES)} or null, not {status!r}")
+        raise BadRequest(f"status must be one of {', '.join(STATUSES)} or null")
     result_file = body.get("task_result_file_id")
     outputs = fields.required(body, "output_files", operation)
     if not isinstance(outputs, list) or len(outputs) > MAX_OUTPUT_FILES:
