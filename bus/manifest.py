@@ -43,7 +43,8 @@ class AdapterSpec:
     """An adapter module and the function that declares what it serves.
 
     `kind` is the folder under `adapters/`, and the run name is `<kind>.<system>`:
-    - "http": `target` is `(ports: Mapping[str, int]) -> list[Site]` (adapters/http/runner.py);
+    - "http": `target` is `(ports: Mapping[str, int], config) -> list[Site]` (adapters/http/runner.py),
+      `config` being the system's configuration (a site may need more than its port: a host name);
     - "unix": `target` is `(data_dir: Path) -> list[Socket]` (adapters/unix/server.py).
     """
 

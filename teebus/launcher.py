@@ -75,7 +75,8 @@ class Node:
                 await component.start()
                 self.components.append(component)
             adapters = self.catalog.adapters(self.names)
-            sites = [site for _, spec in adapters if spec.kind == "http" for site in load(spec.target)(self.settings.ports)]
+            sites = [site for manifest, spec in adapters if spec.kind == "http"
+                     for site in load(spec.target)(self.settings.ports, self.settings.config_of(manifest.name))]
             if sites:
                 await self._start_http(sites)
             for _, spec in adapters:

@@ -70,3 +70,33 @@ def test_a_forwarding_route_is_bound_by_the_runner_not_the_router():
     assert route.handler is None and route.forward.subject({"kuuid": "k1"}) == "enarx.keep.k1"
     with pytest.raises(ValueError, match="no handler"):
         Router([route])
+
+
+async def test_an_internal_route_on_an_open_site_demands_the_internal_credential(start_node, data_dir):
+    from adapters.http.runner import HttpServer, Site
+    from adapters.http.mesatee import render_error
+    from bus.requester import Requester
+    from bus.server import free_port
+    import aiohttp
+    from aiohttp import web
+    from tests.conftest import internal_token
+
+    async def hello(request: web.BaseRequest) -> web.Response:
+        return web.json_response({"ok": True})
+
+    site = Site("probe", free_port(), "adapter", lambda context: [routes.get("/open", hello),
+                                                                  routes.post("/hello", hello, internal=True)],
+                render_error)
+    server = HttpServer("127.0.0.1", data_dir)
+    await server.start([site], {"adapter": None})
+    try:
+        base = server.bound["probe"]
+        async with aiohttp.ClientSession() as http:
+            async with http.get(base + "/open") as response:
+                assert response.status == 200
+            async with http.post(base + "/hello") as response:
+                assert response.status == 401 and "internal.token" in (await response.json())["message"]
+            async with http.post(base + "/hello", headers={"Authorization": f"Bearer {internal_token(data_dir)}"}) as response:
+                assert response.status == 200
+    finally:
+        await server.stop()

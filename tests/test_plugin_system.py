@@ -92,7 +92,7 @@ def echo_routes(context: SiteContext) -> list[routes.Route]:
             routes.get("/notes/{name}", note)]
 
 
-def echo_sites(ports: Mapping[str, int]) -> list[Site]:
+def echo_sites(ports: Mapping[str, int], config: Any = None) -> list[Site]:
     return [Site("echo-http", ports["echo-http"], "adapter", echo_routes, render_error)]
 
 

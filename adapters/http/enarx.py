@@ -89,7 +89,7 @@ def keepmgr_routes(context: SiteContext) -> list[routes.Route]:
             routes.get("/keeps", keeps), routes.get("/keep/{kuuid}", keep), routes.delete("/keep/{kuuid}", shutdown)]
 
 
-def sites(ports: Mapping[str, int]) -> list[Site]:
+def sites(ports: Mapping[str, int], config: Any = None) -> list[Site]:
     """The keep manager's site (the wasmldr sites live in each keep's process: `wasmldr_site`)."""
     return [Site(KEEPMGR_SITE, ports[KEEPMGR_SITE], "adapter", keepmgr_routes, render_error,
                  body_limit=KEEPMGR_BODY_LIMIT)]

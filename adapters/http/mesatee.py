@@ -139,7 +139,7 @@ def tdfs_routes(context: SiteContext) -> list[routes.Route]:
             routes.get("/files/{file_id}", download)]
 
 
-def sites(ports: Mapping[str, int]) -> list[Site]:
+def sites(ports: Mapping[str, int], config: Any = None) -> list[Site]:
     """The MesaTEE sites built so far, on the deployment's ports (components/mesatee/system.py)."""
     return [Site(KMS_SITE, ports[KMS_SITE], "gateway", kms_routes, render_error,
                  body_limit=JSON_BODY_LIMIT, internal=True),

@@ -46,14 +46,15 @@ class Route:
     # The handler answers `Expect: 100-continue` itself, after its checks (`SiteContext.proceed`),
     # instead of the runner inviting every body at once (an upload refused on its headers).
     answers_expect: bool = False
+    internal: bool = False             # the internal credential on this route, on a site open to others
 
 
-def get(path: str, handler: Handler) -> Route:
-    return Route("GET", path, handler)
+def get(path: str, handler: Handler, *, internal: bool = False) -> Route:
+    return Route("GET", path, handler, internal=internal)
 
 
-def post(path: str, handler: Handler) -> Route:
-    return Route("POST", path, handler)
+def post(path: str, handler: Handler, *, internal: bool = False, body_limit: int | None = None) -> Route:
+    return Route("POST", path, handler, internal=internal, body_limit=body_limit)
 
 
 def delete(path: str, handler: Handler) -> Route:

@@ -83,9 +83,9 @@ class SiteContext:
 
     def authorize(self, request: web.BaseRequest) -> None:
         """Demand `Authorization: Bearer <data-dir>/internal.token`, compared in constant time
-        (the runner calls this before any route of an internal site)."""
+        (the runner calls this before any route of an internal site, and before internal routes)."""
         if self.token_digest is None:
-            return
+            raise Unauthorized("this internal endpoint has no internal credential to check")
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
         # aiohttp keeps a header's non-UTF-8 bytes as surrogates: they encode back, and mismatch
         digest = hashlib.sha256(presented.strip().encode("utf-8", "surrogateescape")).digest()
@@ -136,7 +136,8 @@ def site_handler(site: Site, context: SiteContext) -> Handler:
         log.bind_request(request_id, site=site.name, method=request.method, path=request.path)
         try:
             route, params = router.match(request.method, request.path)
-            context.authorize(request)
+            if site.internal or route.internal:
+                context.authorize(request)
             if params:
                 request[PATH_PARAMS] = params
             body_limit = site.body_limit
@@ -241,7 +242,7 @@ def build_server(site: Site, requester: Requester, data_dir: Path,
                  budget: aiohttp_internals.ConnectionBudget | None = None) -> web.Server:
     """aiohttp's low-level server for one site: bodies bounded by the site's limit, connections by
     the site's cap and the server's `budget`, parser errors in the site's error shape."""
-    context = SiteContext(requester, site, internal_token_digest(data_dir) if site.internal else None)
+    context = SiteContext(requester, site, internal_token_digest(data_dir))
     if budget is None:
         budget = aiohttp_internals.ConnectionBudget(total_connections())
     caps = aiohttp_internals.ConnectionCaps(
