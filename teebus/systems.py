@@ -8,6 +8,7 @@ from bus.manifest import Manifest, load
 SYSTEMS = (
     "components.mesatee.system:MANIFEST",
     "components.enarx.system:MANIFEST",
+    "components.cyborg.system:MANIFEST",
 )
 
 
