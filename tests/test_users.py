@@ -10,7 +10,7 @@ import pytest
 from bus import users
 from bus.connection import BusConnectError, connect
 from bus.roles import all_roles
-from bus.server import EmbeddedServer
+from bus.testing import running_bus
 from tests.conftest import eventually
 
 
@@ -27,8 +27,19 @@ async def _connect_when_accepted(url: str, name: str, password: str) -> nats.NAT
     raise AssertionError("unreachable")
 
 
-async def test_a_dynamic_user_gets_only_its_subjects_and_loses_access_when_removed(nats_server: EmbeddedServer,
-                                                                                     connect_as):
+@pytest.fixture
+async def own_bus(tmp_path, catalog):
+    """A server of this test's own: the session's has served hundreds of tests by the time this runs,
+    and a reload there has been seen to hold a new login past every timeout (investigate: see the
+    session note), which is not what this test is about."""
+    async with running_bus(tmp_path / "data", catalog.systems) as bus:
+        async with bus.scope() as scope:
+            yield bus, scope.connect
+
+
+async def test_a_dynamic_user_gets_only_its_subjects_and_loses_access_when_removed(own_bus):
+    bus, connect_as = own_bus
+    nats_server = bus.server
     name, password = f"test-{secrets.token_hex(4)}", secrets.token_hex(16)
     permissions = {"publish": {"allow": [f"own.{name}"]}, "subscribe": {"allow": ["_INBOX.>", f"own.{name}"]}}
     assert users.available(nats_server.data_dir)
