@@ -30,6 +30,8 @@ from bus.records import Records
 from bus.requester import Requester
 
 
+_log = log.get_logger("bus.component")
+
 @dataclass(slots=True)  # built for every request: slots without frozen cost a quarter as much
 class Incoming:
     """One decoded request as a handler sees it."""
@@ -157,6 +159,7 @@ class Component:
             raise ValueError(f"every() needs a positive interval, not {seconds!r}")
 
         async def loop() -> None:
+            me = asyncio.current_task()
             while True:
                 await asyncio.sleep(seconds)
                 try:
@@ -165,6 +168,10 @@ class Component:
                     raise
                 except Exception:
                     self.log.exception("periodic work failed", work=name or getattr(work, "__name__", "?"))
+                if me is not None and me.cancelling():
+                    # asyncio.wait_for (3.11, gh-86296) may swallow a cancel that lands as its awaited
+                    # reply does (nats-py's requests use it): the request still asked us to stop
+                    raise asyncio.CancelledError
 
         return self.spawn(loop(), name, wait=False)
 
@@ -309,8 +316,23 @@ class Component:
             pass
 
 
+CANCEL_ROUNDS = 10            # a cancel swallowed by a library (see `every`) is asked again this often
+CANCEL_ROUND_SECONDS = 0.5
+
+
 async def _cancel(tasks: set[asyncio.Task]) -> None:
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        await asyncio.gather(*tasks, return_exceptions=True)
+    """Cancel `tasks` and wait for them; a task that swallowed its cancel is cancelled again, and
+    one that still runs after every round is left (logged), so a stop never hangs."""
+    pending = set(tasks)
+    for _ in range(CANCEL_ROUNDS):
+        if not pending:
+            break
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=CANCEL_ROUND_SECONDS)
+    for task in tasks - pending:
+        if not task.cancelled():
+            task.exception()           # retrieved: a failure was logged where it happened
+    if pending:
+        _log.warning("tasks still running after being cancelled; left behind",
+                     tasks=[task.get_name() for task in pending])

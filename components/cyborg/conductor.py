@@ -80,6 +80,9 @@ class Conductor(Component):
         loaded = asyncio.Event()
         self.spawn(self._follow(loaded), "follow cyborg_devices", wait=False)
         await asyncio.wait_for(loaded.wait(), 60)
+        # Leases that lapsed while no conductor ran are not the agents' fault: they get one lease
+        # from this start to renew before the sweep may call them LOST.
+        self._lenient_until = time.monotonic() + self.lease_seconds
         self.every(min(1.0, self.lease_seconds / 10), self._sweep, "sweep lapsed leases")
 
     async def teardown(self) -> None:
@@ -186,10 +189,11 @@ class Conductor(Component):
     async def _sweep(self) -> None:
         """READY agents whose lease lapsed become LOST; LOST agents' devices are stale; the
         tombstones beyond `removed_kept` are forgotten."""
-        live = set(await self.leases.keys())
+        judging = time.monotonic() >= self._lenient_until
         for record in self.agents.mirrored():
             agent = record.value
-            if agent["status"] == READY and record.key not in live:
+            # one direct get per agent: listing the bucket's keys would leave a consumer behind each time
+            if agent["status"] == READY and judging and not await self._lease_alive(record.key):
                 await self._lose(record.key, agent["host"])
             elif agent["status"] == LOST:
                 await self._mark_stale(agent["host"])
@@ -256,7 +260,8 @@ class Conductor(Component):
                                                                    uuid in removed, changes.get(uuid, ())))
         for change in report.transitions:
             await self.events.publish("device", change.after.lower(), {
-                "uuid": change.uuid, "host": report.host, **change.to_dict()})
+                "uuid": change.uuid, "host": report.host, "from": change.before, "to": change.after,
+                "reason": change.reason, "probed_at": change.at})
         now = time.time()
         await self.agents.mutate(agent_key(report.host), lambda current: {**current, "last_report": now})
         await self.view.wait_for(self._written, VIEW_WAIT_SECONDS)
