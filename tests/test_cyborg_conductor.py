@@ -447,3 +447,17 @@ async def test_the_cli_prints_hardware_and_agents_as_tables(start_component, cyb
     assert status == 0 and any(line.split()[:3] == [host, f"{host}:6667", "READY"] for line in out.splitlines())
     status, _, err = await run("hardware", "--health", "Sick")
     assert status == 1 and "Healthy or Unhealthy" in err and "(400)" in err
+
+
+async def test_the_lease_sweep_leaves_no_consumer_behind(start_component, connect_as, cyborg):
+    """Each sweep once listed the lease bucket's keys, which leaves a JetStream consumer behind for
+    minutes: at a sweep a tenth of a second, the stream reached its 1,000 consumers within a minute
+    and every sweep failed from then on (no agent could be called LOST)."""
+    js = (await connect_as("admin")).jetstream()
+    quick = CyborgConfig(host="conductor", heartbeat_seconds=0.05, lease_heartbeats=3)   # a sweep every 15 ms
+    await start_component(Conductor, config=quick)
+    await asyncio.sleep(0.3)                            # past its start: its mirror's consumer is there
+    before = (await js.stream_info("KV_cyborg_leases")).state.consumer_count
+    await asyncio.sleep(1.5)                                                          # about 100 sweeps
+    after = (await js.stream_info("KV_cyborg_leases")).state.consumer_count
+    assert after - before <= 1, f"{after - before} consumers left by the sweeps"
