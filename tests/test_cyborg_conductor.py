@@ -275,19 +275,23 @@ async def test_reports_since_filters_and_history(start_component, cyborg, events
     assert {r["uuid"] for r in body["removed"]} == {nic["uuid"], fpga["uuid"]}
 
 
-async def test_a_report_naming_another_hosts_device_is_refused(start_component, cyborg):
+async def test_another_hosts_device_is_refused_alone_and_the_rest_of_the_report_counts(start_component, cyborg,
+                                                                                       events):
     await start_component(Conductor, config=SLOW)
     owner, intruder = new_host(), new_host()
     await hello(cyborg, owner)
     await hello(cyborg, intruder)
     gpu = device(owner, 1)
     await report(cyborg, owner, full=True, added=[gpu])
-    with pytest.raises(BadRequest, match=f"belongs to host {owner}"):
-        await report(cyborg, intruder, removed=[gpu["uuid"]])
     forged = {**gpu, "teebus": {**gpu["teebus"], "host": intruder}}
-    with pytest.raises(BadRequest, match=f"belongs to host {owner}"):
-        await report(cyborg, intruder, added=[forged])
+    own = device(intruder, 2)
+    for body in ({"removed": [gpu["uuid"]], "added": [own]}, {"added": [forged, own]}):
+        reply = (await cyborg.request(subjects.CONDUCTOR_REPORT, {"host": intruder, **body})).payload
+        assert reply["refused"] == [{"uuid": gpu["uuid"],
+                                     "reason": f"device {gpu['uuid']} belongs to host {owner}, not {intruder}"}]
     assert [e["teebus"]["host"] for e in (await hardware(cyborg, host=owner))["hardware"]] == [owner]
+    assert [e["uuid"] for e in (await hardware(cyborg, host=intruder))["hardware"]] == [own["uuid"]]
+    await eventually(lambda: len(events.of("device.conflict", owner=owner, host=intruder)) == 2)
 
 
 async def test_since_beyond_what_is_remembered_is_410(start_component, cyborg, http):

@@ -15,8 +15,9 @@ The tests run in order on one deployment and leave it as they found it (every ag
 device there), but for the external driver the fourth adds to h1, which stays registered and silent.
 Events are watched as the admin role on `events.cyborg.>`.
 
-The last two tests reproduce known bugs and are strict xfails: fixing a bug turns its test into a
-failure (XPASS), whose marker is then removed. The last one leaves h2's reports refused for good.
+The last two reproduce bugs found here and since fixed: a conductor down longer than a lease, and a
+device uuid two hosts report (the second host's entry is refused alone, the rest of its reports
+count).
 """
 
 from __future__ import annotations
@@ -499,11 +500,6 @@ async def test_a_conductor_down_longer_than_a_lease_marks_no_live_agent_lost(cyb
         assert cyborg.events.of("agent.lost", after=restarted) == []
 
 
-# -- a known bug, reproduced (strict xfail: it turns into a failure the day it is fixed) -------------
-
-@pytest.mark.xfail(strict=True, reason="BUG: one entry whose uuid another host owns (the seed's example driver "
-                   "run on two hosts: its uuid is fixed) makes every report of the host a 400; the agent "
-                   "retries a full report each round, forever, and none of the host's changes reach the conductor")
 async def test_an_entry_another_host_owns_does_not_block_the_rest_of_a_hosts_hardware(cyborg: Deployment):
     for host in ("h1", "h2"):                     # h1 first: it owns the example's uuid (test 4 may have done it)
         if host == "h1" and SEED_UUID in await cyborg.entries(host="h1"):

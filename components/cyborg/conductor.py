@@ -246,31 +246,47 @@ class Conductor(Component):
         upserts = {device.uuid: device for device in report.upserts}
         mine = set(self.view.host_uuids(report.host))
         removed = set(report.removed) | (mine - set(upserts) if report.full else set())
-        for uuid in set(upserts) | removed:
-            self._check_owner(uuid, report.host)
+        # A device another host owns is refused alone: the rest of the report still counts (two
+        # hosts' drivers reporting one fixed uuid must not silence a host for good).
+        refused = {uuid: self._owner_elsewhere(uuid, report.host) for uuid in set(upserts) | removed}
+        refused = {uuid: owner for uuid, owner in refused.items() if owner is not None}
+        for uuid in refused:
+            upserts.pop(uuid, None)
+            removed.discard(uuid)
         if len(mine | set(upserts)) - len(removed) > self.config.max_devices_per_host:
             raise BadRequest(f"host {report.host} would have more than {self.config.max_devices_per_host} "
                              "devices (max_devices_per_host)")
-        changes = _by_device(report.transitions)
+        changes = {uuid: change for uuid, change in _by_device(report.transitions).items() if uuid not in refused}
         for uuid in changes:
             if uuid not in upserts and uuid not in removed and uuid not in mine:
                 raise BadRequest(f"a transition names device {uuid}, which host {report.host} does not have")
         touched = set(upserts) | removed | set(changes)
         await self._each(sorted(touched), lambda uuid: self._apply(report, uuid, upserts.get(uuid),
                                                                    uuid in removed, changes.get(uuid, ())))
+        for uuid, owner in sorted(refused.items()):
+            self.log.warning("device refused: another host owns it", uuid=uuid, host=report.host, owner=owner)
+            await self.events.publish("device", "conflict", {"uuid": uuid, "host": report.host, "owner": owner})
         for change in report.transitions:
+            if change.uuid in refused:
+                continue
             await self.events.publish("device", change.after.lower(), {
                 "uuid": change.uuid, "host": report.host, "from": change.before, "to": change.after,
                 "reason": change.reason, "probed_at": change.at})
         now = time.time()
         await self.agents.mutate(agent_key(report.host), lambda current: {**current, "last_report": now})
         await self.view.wait_for(self._written, VIEW_WAIT_SECONDS)
-        return {"revision": max(self._written, self.view.revision)}
+        answer: dict[str, Any] = {"revision": max(self._written, self.view.revision)}
+        if refused:
+            answer["refused"] = [{"uuid": uuid, "reason": f"device {uuid} belongs to host {owner}, not {report.host}"}
+                                 for uuid, owner in sorted(refused.items())]
+        return answer
 
-    def _check_owner(self, uuid: str, host: str) -> None:
+    def _owner_elsewhere(self, uuid: str, host: str) -> str | None:
+        """The host that owns device `uuid`, when that is not `host`."""
         known = self.view.devices.get(uuid)
         if known is not None and host_key(known.host) != host_key(host):
-            raise BadRequest(f"device {uuid} belongs to host {known.host}, not {host}")
+            return known.host
+        return None
 
     async def _apply(self, report: Report, uuid: str, device: hardware.Device | None, remove: bool,
                      changes: Iterable[HealthChange]) -> None:

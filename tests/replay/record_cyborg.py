@@ -12,7 +12,7 @@ full report (the seed's CRYPTO entry as the seed wrote it, and a GPU entry as th
 one, `components/cyborg/hardware.py`), a heartbeat, an incremental report (the GPU removed, the
 CRYPTO device Unhealthy with its transition); and reads what the HTTP site's clients read: the
 hardware (all, then `since` a revision an earlier answer gave) and the agents. A second host says
-hello and reports the first host's device: 400.
+hello and reports a transition that changes nothing: 400.
 
 Why the conductor is driven directly rather than through a real agent: the agent's traffic is
 timer-driven (a rediscovery round every `rediscover_seconds`, a heartbeat every
@@ -123,7 +123,7 @@ def _uuids(body: dict[str, Any]) -> list[str]:
 async def drive_cyborg_scenario(driver: Requester) -> None:
     """hello; a full report (CRYPTO, GPU); the hardware, then since; the agents; a heartbeat; a report
     removing the GPU with the CRYPTO device's failed probe; another host's hello and its report of the
-    first host's device (400); the hardware after, then since."""
+    transition that changes nothing (400); the hardware after, then since."""
     async def call(subject: str, body: Any) -> Any:
         return (await driver.request(subject, body)).payload
 
@@ -156,8 +156,9 @@ async def drive_cyborg_scenario(driver: Requester) -> None:
     _check(changed["revision"] > before, "the second report's revision", changed)
 
     await call(subjects.CONDUCTOR_HELLO, {**HELLO, "host": OTHER, "endpoint": f"{OTHER}:6667"})
-    await regenerate.expect_error(400, call(subjects.CONDUCTOR_REPORT, {"host": OTHER, "removed": [CRYPTO["uuid"]]}),
-                                  "a report removing another host's device")
+    still = {"uuid": CRYPTO["uuid"], "from": "Healthy", "to": "Healthy", "reason": "", "at": 1.0}
+    await regenerate.expect_error(400, call(subjects.CONDUCTOR_REPORT, {"host": OTHER, "transitions": [still]}),
+                                  "a report whose transition changes nothing")
 
     after = await call(subjects.CONDUCTOR_HARDWARE, {})
     _check(_uuids(after) == [CRYPTO["uuid"]] and after["revision"] == changed["revision"], "the hardware after", after)
