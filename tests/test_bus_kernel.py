@@ -387,3 +387,24 @@ async def test_buckets_take_the_deployments_replica_count(connect_as):
     component = Background(Context(await connect_as("kerneltest"), Path("/tmp"), replicas=3))
     with pytest.raises(Exception, match="(?i)replicas|resources"):
         await component.open_records("test_records_r3")
+
+
+async def test_periodic_work_stops_even_when_a_library_swallowed_its_cancel(start_component):
+    """asyncio.wait_for (Python 3.11, gh-86296; nats-py's requests use it) swallows a cancel that
+    lands in the step its awaited result does: the periodic loop must stop all the same, or a
+    component's stop would wait for it forever."""
+    from bus import component as component_module
+
+    echo = await start_component(EchoComponent)
+    reply = asyncio.get_running_loop().create_future()
+    inside = asyncio.Event()
+
+    async def work() -> None:
+        inside.set()
+        await asyncio.wait_for(reply, 10)
+
+    task = echo.every(0.01, work, "a request every 10 ms")
+    await inside.wait()
+    reply.set_result(None)                                   # the result and the cancel in one step
+    await asyncio.wait_for(component_module._cancel({task}), 10)
+    assert task.done()
