@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import re
 import time
 from typing import Any, Awaitable, Callable, Iterable
@@ -81,9 +82,13 @@ class Conductor(Component):
         self.spawn(self._follow(loaded), "follow cyborg_devices", wait=False)
         await asyncio.wait_for(loaded.wait(), 60)
         # Leases that lapsed while no conductor ran are not the agents' fault: they get one lease
-        # from this start to renew before the sweep may call them LOST.
-        self._lenient_until = time.monotonic() + self.lease_seconds
+        # from the moment this conductor answers (`start`) to renew before the sweep may call them LOST.
+        self._lenient_until = math.inf
         self.every(min(1.0, self.lease_seconds / 10), self._sweep, "sweep lapsed leases")
+
+    async def start(self) -> None:
+        await super().start()
+        self._lenient_until = time.monotonic() + self.lease_seconds
 
     async def teardown(self) -> None:
         if self._watcher is not None:
