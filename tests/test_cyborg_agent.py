@@ -400,6 +400,17 @@ async def test_registrations_survive_a_restart_and_bad_hellos_are_refused(tmp_pa
     await agent.stop()
     again: Agent = await start_component(Agent, config=config)
     assert again.drivers["ext-localhost-1337"].hello.endpoint == "localhost:1337"
+
+    async def answering() -> bool:
+        # once in ~30 full runs, the restarted agent's subject had no responder yet right after its
+        # start returned (a 503): seen in CI, not understood yet (see the session note)
+        try:
+            await gateway.request(subjects.agent_hello(config.host), ["READY"])
+        except Exception as exc:
+            return getattr(exc, "status", None) != 503
+        return True
+
+    await eventually(answering, timeout=5)
     for bad, message in ((["READY"], "JSON object"), ({"status": "READY", "type": "X"}, "lacks endpoint"),
                          ({**orjson.loads(SEED_HELLO), "status": "BUSY"}, "status must be"),
                          ({**orjson.loads(SEED_HELLO), "endpoint": "bus", "driver": "magic"}, "built-in"),
