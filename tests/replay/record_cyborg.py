@@ -46,7 +46,7 @@ from nats.aio.client import Client
 
 from bus.component import Context
 from bus.requester import Requester
-from bus.roles import ADMIN, GATEWAY, inbox_prefix
+from bus.roles import GATEWAY, inbox_prefix
 from bus.testing import TestBus
 from components.cyborg import subjects
 from components.cyborg.conductor import Conductor
@@ -55,7 +55,6 @@ from components.cyborg.hardware import UNHEALTHY, Device, device_uuid, from_seed
 from components.cyborg.system import MANIFEST
 from tests.replay import regenerate
 from tests.replay.normalise import Normaliser
-from tests.replay.recorder import Recorder
 from tests.replay.recording import Recording
 
 RECORDING = Path(__file__).resolve().parent.parent / "recordings" / "cyborg_scenario.jsonl"
@@ -174,11 +173,7 @@ async def drive_cyborg_scenario(driver: Requester) -> None:
 async def record_cyborg(bus: TestBus, connect_as: Connect) -> Recording:
     """Run a fresh conductor on `bus` and record the scenario driven against it."""
     async with running_conductor(bus, connect_as):
-        driver = Requester(await connect_as(DRIVER_ROLE))
-        async with Recorder(await connect_as(ADMIN), SCENARIO, driver_inbox=DRIVER_INBOX,
-                            meta={"recorded_with": "python -m tests.replay.record_cyborg"}) as recorder:
-            await drive_cyborg_scenario(driver)
-    return recorder.recording
+        return await regenerate.record_driven(connect_as, SCENARIO, DRIVER_ROLE, drive_cyborg_scenario)
 
 
 def main(argv: list[str]) -> int:

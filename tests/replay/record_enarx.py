@@ -41,7 +41,7 @@ from bus import codec
 from bus.component import Context
 from bus.headers import CBOR, OCTETS
 from bus.requester import Requester
-from bus.roles import ADAPTER, ADMIN, inbox_prefix
+from bus.roles import ADAPTER, inbox_prefix
 from bus.server import free_port
 from bus.testing import TestBus
 from components.enarx import evidence, subjects
@@ -50,7 +50,6 @@ from components.enarx.keepmgr import KEEPMGR_SITE, WASMLDR_SITE, KeepManager
 from components.enarx.system import MANIFEST
 from tests.replay.normalise import Normaliser
 from tests.replay import regenerate
-from tests.replay.recorder import Recorder
 from tests.replay.recording import Recording
 from tests.wasm_modules import wat
 
@@ -158,11 +157,7 @@ async def drive_enarx_scenario(driver: Requester) -> None:
 async def record_enarx(bus: TestBus, connect_as: Connect) -> Recording:
     """Run a fresh keep manager on `bus` and record the scenario driven against it."""
     async with running_keepmgr(bus, connect_as):
-        driver = Requester(await connect_as(DRIVER_ROLE))
-        async with Recorder(await connect_as(ADMIN), SCENARIO, driver_inbox=DRIVER_INBOX,
-                            meta={"recorded_with": "python -m tests.replay.record_enarx"}) as recorder:
-            await drive_enarx_scenario(driver)
-    return recorder.recording
+        return await regenerate.record_driven(connect_as, SCENARIO, DRIVER_ROLE, drive_enarx_scenario)
 
 
 def main(argv: list[str]) -> int:

@@ -46,7 +46,6 @@ from components.mesatee.tms import TmsComponent
 from components.mesatee.users import UsersComponent
 from tests.replay.normalise import Normaliser
 from tests.replay import regenerate
-from tests.replay.recorder import Recorder
 from tests.replay.recording import Exchange, Message, Recording
 
 RECORDING = Path(__file__).resolve().parent.parent / "recordings" / "mesatee_scenario.jsonl"
@@ -207,11 +206,7 @@ async def record_mesatee(connect_as: Connect, directory: Path) -> Recording:
     """Run a fresh MesaTEE (data directories under `directory`) and record the scenario driven against it."""
     async with running_mesatee(connect_as, directory):
         await ensure_users(Requester(await connect_as(ADMIN)))
-        driver = Requester(await connect_as(DRIVER_ROLE))
-        async with Recorder(await connect_as(ADMIN), SCENARIO, driver_inbox=DRIVER_INBOX,
-                            meta={"recorded_with": "python -m tests.replay.record_mesatee"}) as recorder:
-            await drive_mesatee_scenario(driver)
-    return recorder.recording
+        return await regenerate.record_driven(connect_as, SCENARIO, DRIVER_ROLE, drive_mesatee_scenario)
 
 
 def main(argv: list[str]) -> int:

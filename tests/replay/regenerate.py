@@ -11,7 +11,10 @@ from typing import Awaitable, Callable
 
 from bus import errors, log
 from bus.manifest import Manifest
+from bus.requester import Requester
+from bus.roles import ADMIN, inbox_prefix
 from bus.testing import TestBus, running_bus
+from tests.replay.recorder import Recorder
 from tests.replay.recording import Recording
 
 async def expect_error(status: int, pending: Awaitable[object], step: str) -> None:
@@ -24,6 +27,17 @@ async def expect_error(status: int, pending: Awaitable[object], step: str) -> No
             raise AssertionError(f"{step}: expected status {status}, got {exc!r}") from None
         return
     raise AssertionError(f"{step}: expected status {status}, got a reply {result!r}")
+
+
+async def record_driven(connect_as: Callable, scenario: str, driver_role: str,
+                        drive: Callable[[Requester], Awaitable[None]]) -> Recording:
+    """Record `drive` run through a connection of `driver_role`: the recording names that role's
+    inbox prefix, so a replay resends the driver's requests and compares the components' own."""
+    driver = Requester(await connect_as(driver_role))
+    async with Recorder(await connect_as(ADMIN), scenario, driver_inbox=f"{inbox_prefix(driver_role)}.",
+                        meta={"recorded_with": f"python -m tests.replay.record_{scenario}"}) as recorder:
+        await drive(driver)
+    return recorder.recording
 
 
 # record(bus, connect_as, scratch directory) -> the recording of one run of the scenario
