@@ -6,6 +6,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import os
+import random
 import shutil
 import signal
 import socket
@@ -63,10 +64,32 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+_LISTEN_PORTS = range(10000, 32768)   # below Linux's default ephemeral range (32768-60999)
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A port free now that this process has not handed out before, for a listener started later.
+
+    The kernel's choice for port 0 is no good here: it comes from the ephemeral range, where an
+    outgoing connection may take it before the listener binds, and it may repeat a port handed out
+    a moment ago whose listener has not started yet (two sites of one test on one port)."""
+    low, high = _ephemeral_range()
+    ports = [p for p in _LISTEN_PORTS if not low <= p <= high] or list(range(1024, 65536))
+    for _ in range(len(ports)):
+        port = random.choice(ports)
+        if port not in _handed_out and port_is_free(host, port):
+            _handed_out.add(port)
+            return port
+    raise OSError(f"no free port on {host} in {ports[0]}-{ports[-1]}")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 @dataclass
