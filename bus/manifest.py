@@ -110,6 +110,7 @@ class Manifest:
     adapters: tuple[AdapterSpec, ...] = ()
     ports: Mapping[str, int] = field(default_factory=dict)   # site name -> default port
     buckets: tuple[str, ...] = ()                            # KV buckets its components own
+    streams: tuple[str, ...] = ()                            # other JetStream streams they own
     roles: tuple[RoleSpec, ...] = ()
     secret_fields: tuple[str, ...] = ()                      # message fields logs never show
     verbs: str | None = None                                 # "module:register" for `teebus <system> ...`

@@ -22,6 +22,7 @@ from nats.js.errors import (APIError, BucketNotFoundError, KeyNotFoundError,
                             KeyWrongLastSequenceError, NoKeysError)
 from nats.js.kv import KeyValue
 
+from bus import streams
 from bus.errors import Conflict, NotFound
 
 _WRONG_LAST_SEQUENCE = (10071, 10164)
@@ -55,9 +56,7 @@ class Change(Generic[V]):
 
 def bucket_permissions(bucket: str) -> list[str]:
     """What the owner of `bucket` may publish: its JetStream API calls and its keys, nothing else."""
-    stream = f"KV_{bucket}"
-    return [f"$JS.API.*.*.{stream}", f"$JS.API.*.*.{stream}.>", f"$KV.{bucket}.>",
-            f"$JS.ACK.{stream}.>", "$JS.FC.>", "$JS.API.INFO"]
+    return [*streams.permissions(f"KV_{bucket}"), f"$KV.{bucket}.>"]
 
 
 class Records(Generic[V]):

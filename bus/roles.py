@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from bus import events, payloads, records
+from bus import events, payloads, records, streams
 from bus.manifest import Manifest
 
 INTERNAL = "*.*.internal.>"   # the third token `internal` marks a subject for components only
@@ -53,10 +53,11 @@ def _external_caller(role: str, systems: Iterable[Manifest], deny_internal: bool
 
 
 def component_permissions(manifest: Manifest) -> dict[str, Any]:
-    """A system's components: its subjects, its events, its buckets, its payloads."""
+    """A system's components: its subjects, its events, its buckets and streams, its payloads."""
     buckets = [subject for bucket in manifest.buckets for subject in records.bucket_permissions(bucket)]
+    owned = [subject for stream in manifest.streams for subject in streams.permissions(stream)]
     publish = list(dict.fromkeys([f"{manifest.name}.>", events.publish_permission(manifest.name),
-                                  *buckets, *payloads.permissions(manifest.role), INBOXES]))   # each once
+                                  *buckets, *owned, *payloads.permissions(manifest.role), INBOXES]))   # each once
     return {
         # INBOXES: the response permission `allow_responses` grants does not survive a configuration
         # reload (nats-server re-evaluates permissions on every SIGHUP, and bus/users.py reloads

@@ -9,6 +9,7 @@ SYSTEMS = (
     "components.mesatee.system:MANIFEST",
     "components.enarx.system:MANIFEST",
     "components.cyborg.system:MANIFEST",
+    "components.conclave.system:MANIFEST",
 )
 
 

@@ -106,3 +106,6 @@ async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(0.05)
+
+
+pytest_plugins = ["tests.conclave_fixtures"]

@@ -1,0 +1,19 @@
+"""Conclave's manifest: what teebus runs, configures and permits for it (bus/manifest.py)."""
+
+from bus.manifest import AdapterSpec, ComponentSpec, Manifest
+from components.conclave.config import ConclaveConfig
+from components.conclave.subjects import SYSTEM
+
+MANIFEST = Manifest(
+    name=SYSTEM,
+    summary="Conclave web host: enclave, durable mailboxes, key derivation service",
+    config=ConclaveConfig,
+    components=(ComponentSpec("enclave", "components.conclave.enclave:Enclave"),
+                ComponentSpec("mailbox", "components.conclave.mailbox:Mailboxes"),
+                ComponentSpec("kds", "components.conclave.kds:Kds")),
+    adapters=(AdapterSpec("http", "adapters.http.conclave:sites"),),
+    ports={"conclave-host": 8080, "conclave-kds": 8090},
+    buckets=("conclave_kds",),
+    streams=("CONCLAVE_MAIL",),
+    verbs="components.conclave.cli:register",
+)
