@@ -13,12 +13,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from adapters.http.conclave import HOST_SITE, host_routes, render_error
+from adapters.http.conclave import HOST_SITE, KDS_SITE, host_routes, kds_site, render_error
 from adapters.http.runner import HttpServer, Site
 from bus.requester import Requester
 from bus.server import free_port
 from components.conclave.config import ConclaveConfig
 from components.conclave.enclave import Enclave
+from components.conclave.kds import Kds
 from components.conclave.mailbox import Mailboxes
 from tests import conclave_wire as wire
 
@@ -151,3 +152,19 @@ async def client_of(host: Host, session: aiohttp.ClientSession, url: str | None 
     client = Client(url or host.url, session)
     await client.attest()
     return client
+
+
+@pytest.fixture
+async def kds(start_component) -> Kds:
+    return await start_component(Kds)
+
+
+@pytest.fixture
+async def kds_url(kds, connect_as, data_dir):
+    """A KDS site as adapters/http/conclave.py serves it, in front of `kds`: its URL."""
+    server = HttpServer("127.0.0.1", data_dir)
+    await server.start([kds_site(free_port())], {"adapter": Requester(await connect_as("adapter"))})
+    try:
+        yield server.bound[KDS_SITE]
+    finally:
+        await server.stop()

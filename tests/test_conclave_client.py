@@ -107,3 +107,14 @@ async def test_the_teebus_conclave_verbs(conclave, tmp_path: Path):
     assert refused.returncode == 1 and "code hash" in refused.stderr
     missing = await _teebus("conclave", "poll", "--url", host.url, "--state", str(tmp_path / "nobody.json"))
     assert missing.returncode == 1 and "--constraint" in missing.stderr
+
+
+async def test_the_seeds_options_on_teebus_up_and_run(tmp_path: Path):
+    for verb in ("up", "run"):
+        shown = await _teebus(verb, "--help")
+        for option in ("--sealed.state.file", "--filesystem.file", "--kds.url", "--kds.connection.timeout.seconds"):
+            assert option in shown.stdout, (verb, option)
+    refused = await _teebus("up", "--data-dir", str(tmp_path / "d"), "--kds.connection.timeout.seconds=3")
+    assert refused.returncode == 1 and "needs --kds.url" in refused.stderr
+    refused = await _teebus("run", "conclave.enclave", "--data-dir", str(tmp_path / "d"), "--kds.url=ftp://x")
+    assert refused.returncode == 1 and "--kds.url must be an http" in refused.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from pathlib import Path
 
 import orjson
@@ -13,7 +14,10 @@ import pytest
 
 from bus.errors import Unavailable
 from components.conclave import mail_store
+from bus.server import free_port
 from components.conclave.config import ConclaveConfig
+from components.conclave.kds_client import fetch_public_key
+from tests import conclave_wire as wire
 from tests.conclave_fixtures import NO_CACHE, Client, client_of
 
 # -- attestation and the hello-world round trip ------------------------------------------------------
@@ -218,3 +222,61 @@ async def test_bounds_on_mail_and_correlation_id(conclave, session):
     assert status == 400 and "longer than" in orjson.loads(body)["message"]
     client.numbers["default"] = 0                          # refused unread: they used up no number
     assert (await client.send(b"ok")).body == b"ko"
+
+
+# -- the KDS: a sealing key for the enclave, and mail encrypted to a KDS key --------------------------
+
+def kds_spec(name: str, constraint: str) -> bytes:
+    """§2 key derivation type 1, by hand: 01 | i32 name | u8 master key type | i32 constraint."""
+    raw_name, raw_constraint = name.encode(), constraint.encode()
+    spec = (b"\x01" + len(raw_name).to_bytes(4, "big") + raw_name + b"\x00"
+            + len(raw_constraint).to_bytes(4, "big") + raw_constraint)
+    return spec + b"\x00" if len(spec) == 18 else spec
+
+
+async def test_with_a_kds_the_enclave_seals_under_its_key_and_opens_kds_mail(conclave, session, kds_url):
+    host = await conclave(kds_url=kds_url, kds_connection_timeout_seconds=5)
+    client = await client_of(host, session)
+    assert (await client.send(b"abc")).body == b"cba"
+    await host.restart()
+    assert (await client.attest()).encryption_key == client.enclave_key       # unsealed with the KDS's key
+    constraint = "C:" + (await client.attest()).code_hash.hex() + " SEC:INSECURE"
+    public = await fetch_public_key(kds_url, name="shared", master_key_type=0, policy_constraint=constraint, timeout=5)
+    for attempt in range(2):                       # KDS mail is exempt from the sequence check: 0 twice
+        mail = wire.write_mail(b"to the kds key", sender_private=client.private, recipient_public=public,
+                               sequence=0, ephemeral_private=os.urandom(32),
+                               key_derivation=kds_spec("shared", constraint))
+        status, body = await client.deliver(mail)
+        assert status == 200, body
+        reply = wire.read_mail(body, client.private)
+        assert reply.body == b"yek sdk eht ot" and reply.sender == public and reply.sequence == 0, attempt
+    sealed_by_kds = client.enclave_key
+    await host.restart(kds_url="", kds_connection_timeout_seconds=None)     # the host's own key: no state
+    assert (await client.attest()).encryption_key != sealed_by_kds
+
+
+async def test_an_unreachable_kds_stops_the_enclave_with_a_clear_error(conclave):
+    with pytest.raises(Unavailable, match="--kds.url"):
+        await conclave(kds_url=f"http://127.0.0.1:{free_port()}", kds_connection_timeout_seconds=1)
+
+
+def test_kds_timeout_without_a_kds_url_is_refused():
+    with pytest.raises(ValueError, match="needs --kds.url"):
+        ConclaveConfig(kds_connection_timeout_seconds=5)
+    assert ConclaveConfig(kds_url="http://kds:8090").kds_timeout == 10
+
+
+async def test_the_filesystem_file_holds_the_key_value_store_sealed(conclave, session, tmp_path):
+    store = tmp_path / "enclave.fs"
+    host = await conclave("key-value", filesystem_file=str(store))
+    client = await client_of(host, session)
+    await client.send(orjson.dumps({"op": "put", "key": "k", "value": "in the file store"}))
+    raw = store.read_bytes()
+    assert raw[:6] == b"\x00\x00\x00\x02\x01\x03" and b"in the file store" not in raw
+    assert store.stat().st_mode & 0o777 == 0o600
+    await host.restart()
+    got = await client.send(orjson.dumps({"op": "get", "key": "k"}))
+    assert orjson.loads(got.body) == {"ok": True, "value": "in the file store"}
+    await host.restart(filesystem_file="")                 # without the file store: the map, empty
+    got = await client.send(orjson.dumps({"op": "get", "key": "k"}))
+    assert orjson.loads(got.body) == {"ok": True, "value": None}

@@ -23,8 +23,6 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from adapters.http.conclave_kds import KDS_SITE, kds_site
-from adapters.http.runner import HttpServer
 from bus.errors import BadRequest, Internal
 from bus.records import Records
 from bus.requester import Requester
@@ -94,24 +92,8 @@ def b64(text: str) -> bytes:
 
 
 @pytest.fixture
-async def kds(start_component) -> Kds:
-    return await start_component(Kds)
-
-
-@pytest.fixture
-async def site(kds, connect_as, data_dir):
-    """The KDS site as adapters/http/conclave_kds.py serves it: its URL."""
-    server = HttpServer("127.0.0.1", data_dir)
-    await server.start([kds_site(free_port())], {"adapter": Requester(await connect_as("adapter"))})
-    try:
-        yield server.bound[KDS_SITE]
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-async def http(site):
-    async with aiohttp.ClientSession(base_url=site) as session:
+async def http(kds_url):
+    async with aiohttp.ClientSession(base_url=kds_url) as session:
         yield session
 
 
@@ -320,39 +302,39 @@ async def test_replicas_racing_at_first_start_agree(connect_as, tmp_path):
 
 # --- the client an enclave uses -------------------------------------------------------------------
 
-async def test_fetch_private_and_public_key(site, http):
+async def test_fetch_private_and_public_key(kds_url, http):
     secret, report = app_enclave()
-    key = await fetch_private_key(site, eii=report, encryption_private=secret, name="MasterKeyForTesting",
+    key = await fetch_private_key(kds_url, eii=report, encryption_private=secret, name="MasterKeyForTesting",
                                   master_key_type=0, policy_constraint=POLICY, timeout=5, kds_constraint=KDS_PIN)
     via_http = mail.decrypt_mail(b64((await ok(http, "/private", private_body(report)))["encryptedPrivateKey"]),
                                  secret).body
     assert key == via_http
-    public = await fetch_public_key(site + "/", name="MasterKeyForTesting", master_key_type=0,
+    public = await fetch_public_key(kds_url + "/", name="MasterKeyForTesting", master_key_type=0,
                                     policy_constraint=POLICY, timeout=5, kds_constraint=KDS_PIN)
     assert public == X25519PrivateKey.from_private_bytes(key).public_key().public_bytes_raw()
 
 
-async def test_fetch_reports_refusals_and_untrusted_kds(site):
+async def test_fetch_reports_refusals_and_untrusted_kds(kds_url):
     secret, report = app_enclave(code_hash=bytes(32))
     with pytest.raises(KdsRefused, match="key policy") as refusal:
-        await fetch_private_key(site, eii=report, encryption_private=secret, name="k", master_key_type=0,
+        await fetch_private_key(kds_url, eii=report, encryption_private=secret, name="k", master_key_type=0,
                                 policy_constraint=POLICY, timeout=5)
     assert refusal.value.status == 400
     with pytest.raises(KdsRefused, match="not available") as missing:
-        await fetch_public_key(site, name="k", master_key_type=1, policy_constraint=POLICY, timeout=5)
+        await fetch_public_key(kds_url, name="k", master_key_type=1, policy_constraint=POLICY, timeout=5)
     assert missing.value.status == 404
     with pytest.raises(KdsBadReply, match="KDS enclave constraint"):
-        await fetch_public_key(site, name="k", master_key_type=0, policy_constraint=POLICY, timeout=5,
+        await fetch_public_key(kds_url, name="k", master_key_type=0, policy_constraint=POLICY, timeout=5,
                                kds_constraint=f"C:{'00' * 32} SEC:INSECURE")
 
 
-async def test_fetch_rejects_replies_that_prove_nothing(site):
+async def test_fetch_rejects_replies_that_prove_nothing(kds_url):
     """A KDS in the middle: it relays the real KDS's answers, altered."""
     secret, report = app_enclave()
     async with aiohttp.ClientSession() as session:
-        async with session.post(site + "/public", data=public_body(), headers={"API-VERSION": "1"}) as response:
+        async with session.post(kds_url + "/public", data=public_body(), headers={"API-VERSION": "1"}) as response:
             real_public = orjson.loads(await response.read())
-        async with session.post(site + "/private", data=private_body(report), headers={"API-VERSION": "1"}) as r:
+        async with session.post(kds_url + "/private", data=private_body(report), headers={"API-VERSION": "1"}) as r:
             real_private = orjson.loads(await r.read())
     impostor = os.urandom(32)
     forged = mail.encrypt_mail(os.urandom(32), recipient_public=mail.public_key(secret), sender_private=impostor,

@@ -12,6 +12,17 @@ Every response carries `Cache-Control: no-store,no-cache,must-revalidate`. Concl
 (message null in release mode); anything else is answered in Spring Boot's error shape,
 `{"timestamp", "status", "error", "message"}` (a missing Correlation-ID is a 400 there, as Spring's
 `@RequestHeader` makes it; failures that are not Conclave's are 503 as the seed says).
+
+Key derivation service (`conclave-kds`, 8090), as Conclave's KDS REST API (its kds-rest-api.md):
+- `PUT /public` (the docs' heading) and `POST /public` (their example and Conclave's client), body
+  `{"name", "masterKeyType", "policyConstraint"}` -> `{"publicKey", "signature", "kdsAttestationReport"}`;
+- `POST /private`, body `{"appAttestationReport", "name", "masterKeyType", "policyConstraint"}` ->
+  `{"kdsAttestationReport", "encryptedPrivateKey"}`.
+Every KDS request needs the header `API-VERSION: 1`. Its errors are Conclave's `{"reason": "..."}`: 400
+for a malformed request, an unsupported API version or an enclave that does not meet the key's
+policy, 404 when the master key type is not available here; the runner's own (413, 405, 503) take the
+same shape. Bodies are JSON of at most 64 KiB, checked (components/conclave/kds_messages.py) before
+they travel to `conclave.kds.public|private`; the reply's bytes are passed on unchanged.
 """
 
 from __future__ import annotations
@@ -23,13 +34,15 @@ from typing import Any, Mapping
 import orjson
 from aiohttp import web
 
-from adapters.http import routes
+from adapters.http import bodies, routes
 from adapters.http.runner import Site, SiteContext
 from bus import headers
-from components.conclave import messages, subjects
+from components.conclave import kds_messages, messages, subjects
 from components.conclave.config import ConclaveConfig
 
 HOST_SITE, KDS_SITE = "conclave-host", "conclave-kds"
+KDS_BODY_LIMIT = 64 * 1024
+API_VERSION_HEADER = "API-VERSION"
 CACHE_CONTROL = {"Cache-Control": "no-store,no-cache,must-revalidate"}
 CORRELATION_ID = "Correlation-ID"
 POLL_WAIT = "Teebus-Poll-Wait"
@@ -92,10 +105,45 @@ def host_routes(config: ConclaveConfig):
     return site_routes
 
 
+def render_kds_error(status: int, message: str, details: Mapping[str, Any]) -> web.Response:
+    """Conclave's KDSErrorResponse: `{"reason": message}` (details have no place in it)."""
+    return web.Response(body=orjson.dumps(kds_messages.error_body(message)), status=status,
+                        content_type="application/json")
+
+
+def _json_reply(data: bytes) -> web.Response:
+    return web.Response(body=data, content_type="application/json")
+
+
+def kds_routes(context: SiteContext) -> list[routes.Route]:
+    """The KDS's routes for a site whose requester travels as `adapter` (both subjects are external)."""
+    bus = context.requester
+
+    async def read(request: web.BaseRequest, sample: str) -> tuple[int, Any]:
+        version = kds_messages.api_version(request.headers.get(API_VERSION_HEADER))   # before the body is read
+        return version, bodies.parse_json(await context.body(request), sample)
+
+    async def public(request: web.BaseRequest) -> web.Response:
+        version, body = await read(request, kds_messages.PUBLIC_SAMPLE)
+        kds_messages.parse_public(body)
+        return _json_reply((await bus.request(subjects.KDS_PUBLIC, kds_messages.bus_request(version, body))).data)
+
+    async def private(request: web.BaseRequest) -> web.Response:
+        version, body = await read(request, kds_messages.PRIVATE_SAMPLE)
+        kds_messages.parse_private(body)
+        return _json_reply((await bus.request(subjects.KDS_PRIVATE, kds_messages.bus_request(version, body))).data)
+
+    return [routes.post("/public", public), routes.put("/public", public), routes.post("/private", private)]
+
+
 def sites(ports: Mapping[str, int], config: ConclaveConfig | None = None) -> list[Site]:
     """The web host of the configured enclave, and the KDS."""
     config = config or ConclaveConfig()
-    from adapters.http.conclave_kds import kds_site      # merged here once the KDS lands
     return [Site(HOST_SITE, ports[HOST_SITE], "adapter", host_routes(config), render_error,
                  body_limit=config.max_mail_bytes),
             kds_site(ports[KDS_SITE])]
+
+
+def kds_site(port: int) -> Site:
+    """The KDS's site; its requests travel as the `adapter` role (both subjects are external)."""
+    return Site(KDS_SITE, port, "adapter", kds_routes, render_kds_error, body_limit=KDS_BODY_LIMIT)

@@ -51,7 +51,8 @@ class Enclave(Component):
         self.code_signer = bytes.fromhex(config.code_signer)
         self.state_path = self._state_path()
         self._lock_file = _lock(self.state_path)
-        self.sealing_key = sealed_state.sealing_key(await self._sealing_root(), self._measurement())
+        measured = sealed_state.measurement(self.code_hash, self.code_signer, config.product_id, config.mode)
+        self.sealing_key = sealed_state.sealing_key(await self._sealing_root(), measured)
         self.state = await asyncio.to_thread(self._load_state)
         self.files = await asyncio.to_thread(self._load_files)
         self.eii = mock_instance_info(self.state.secret, code_hash=self.code_hash, code_signer=self.code_signer,
@@ -59,7 +60,8 @@ class Enclave(Component):
                                       simulation=config.mode == "simulation")
         self.eii_bytes = self.eii.serialize()
         self.public_key = mailfmt.public_key(self.state.secret)
-        self.env = EnclaveEnv(self.state.secret, self.app_class.persistent_map, config.max_posted_per_mail)
+        self.env = EnclaveEnv(self.state.secret, self.app_class.persistent_map, config.max_posted_per_mail,
+                              has_files=bool(config.filesystem_file))
         self.app = self.app_class(self.env)
         self.kds_keys: dict[bytes, bytes] = {}        # KDS key-derivation header -> private key
         self.turn = asyncio.Lock()
@@ -117,10 +119,10 @@ class Enclave(Component):
         for posted in queued:                  # stored before the state moves on: nothing accepted is lost
             await mail_store.store(self.client, self.enclave_name, posted.routing_hint, posted.mail)
         await self._commit(watermark_key, received, kds_key, work)
-        await self.events.publish("mail", "accepted", {
+        await self._announce("accepted", {
             "enclave": self.enclave_name, "topic": received.header.topic,
             "sequence_number": received.header.sequence_number, "sender": received.sender.hex(),
-            "replied": bool(reply), "queued": len(queued)})
+            "replied": bool(reply), "queued": [subjects.hint_token(posted.routing_hint) for posted in queued]})
         return reply
 
     async def _open(self, data: bytes) -> tuple[mailfmt.Mail, bytes | None]:
@@ -156,6 +158,14 @@ class Enclave(Component):
             await asyncio.to_thread(self._save_files, work.files)
             self.files = work.files
         self.state = new
+
+    async def _announce(self, what: str, data: dict[str, Any]) -> None:
+        """The event of a mail already accepted: its loss is logged, never the caller's error (the
+        client would resend, and be refused as a replay)."""
+        try:
+            await self.events.publish("mail", what, data)
+        except Exception as exc:
+            self.log.warning("event not recorded", event=f"mail.{what}", error=str(exc) or type(exc).__name__)
 
     # -- keys and state ---------------------------------------------------------------------------
 
@@ -195,15 +205,10 @@ class Enclave(Component):
         self.kds_keys[key_derivation] = key
         return key
 
-    def _measurement(self) -> bytes:
-        config = self.config
-        return (self.code_hash + self.code_signer + config.product_id.to_bytes(2, "big")
-                + sealed_state.header(config.mode))
-
     def _state_path(self) -> Path:
         if self.config.sealed_state_file:
             return Path(self.config.sealed_state_file)
-        return self.context.data_dir / "conclave" / self.enclave_name / "sealed.state"
+        return sealed_state.default_path(self.context.data_dir, self.enclave_name)
 
     def _load_state(self) -> EnclaveState:
         existed = self.state_path.exists()

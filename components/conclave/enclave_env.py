@@ -61,7 +61,8 @@ class ReplyOffice:
 class EnclaveEnv:
     """`self.enclave` of an application (apps/base.py: EnclaveServices)."""
 
-    def __init__(self, secret: bytes, with_private_header: bool, max_posted: int) -> None:
+    def __init__(self, secret: bytes, with_private_header: bool, max_posted: int, has_files: bool = False) -> None:
+        self.has_files = has_files                  # --filesystem.file was given: `files` is kept
         self._secret = secret
         self._with_private_header = with_private_header
         self._max_posted = max_posted

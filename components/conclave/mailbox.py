@@ -28,4 +28,11 @@ class Mailboxes(Component):
         hint = messages.routing_hint(incoming.headers)
         wait = messages.poll_wait(incoming.headers, self.config.long_poll_max_seconds)
         taken = await mail_store.wait_and_take(self.client, self.config.enclave_name, hint, wait)
-        return Outgoing(taken.mail if taken else b"", headers.OCTETS)
+        if taken is None:
+            return Outgoing(b"", headers.OCTETS)
+        try:      # the mail has left the mailbox: a lost event must not lose it too
+            await self.events.publish("mail", "taken", {"enclave": self.config.enclave_name,
+                                                        "mailbox": subjects.hint_token(hint), "bytes": len(taken.mail)})
+        except Exception as exc:
+            self.log.warning("event not recorded", event="mail.taken", error=str(exc) or type(exc).__name__)
+        return Outgoing(taken.mail, headers.OCTETS)

@@ -27,7 +27,7 @@ from bus.sealing import MasterKey, SealingError
 
 VERSION = 1
 MODES = {"release": 0, "debug": 1, "simulation": 2, "mock": 3}
-_HOST_SECRET = "conclave/host.secret"
+HOST_SECRET_FILE = "conclave/host.secret"
 
 
 class SealedStateError(RuntimeError):
@@ -57,10 +57,20 @@ class EnclaveState:
 
 def host_secret(data_dir: Path) -> bytes:
     """This host's sealing root (what SGX keeps in the CPU), generated once, mode 0600."""
-    path = data_dir / _HOST_SECRET
+    path = data_dir / HOST_SECRET_FILE
     if not path.exists():
         write_private(path, os.urandom(32))
     return read_private(path)
+
+
+def default_path(data_dir: Path, enclave: str) -> Path:
+    """Where an enclave seals its state unless `--sealed.state.file` says otherwise."""
+    return data_dir / "conclave" / enclave / "sealed.state"
+
+
+def measurement(code_hash: bytes, code_signer: bytes, product_id: int, mode: str) -> bytes:
+    """What an enclave's sealing key is bound to: its code, its signer, its product and its mode."""
+    return code_hash + code_signer + product_id.to_bytes(2, "big") + header(mode)
 
 
 def sealing_key(root: bytes, measurement: bytes) -> bytes:

@@ -26,7 +26,9 @@ pinging a keep loader until it answers) depend on timing and are not compared.
 
 Payloads are compared decoded: JSON, CBOR (byte strings and tag-37 UUIDs are values like any
 other, normalise.py), and octet-stream payloads too when the normaliser says they are CBOR items
-(`opaque_cbor`); any other opaque payload is compared byte for byte, bound values substituted.
+(`opaque_cbor`); an opaque payload the normaliser's `opener` can read (a mail encrypted to a
+scenario's client) is compared as what it reads; any other is compared byte for byte, bound values
+substituted.
 """
 
 from __future__ import annotations
@@ -159,13 +161,20 @@ class Checker:
                 self.random(place, f"header {name}", recorded.get(name), replayed.get(name))
 
     def payload(self, place: Place, recorded: Message, replayed: Message) -> None:
-        opaque_cbor = self.normaliser.opaque_cbor
-        expected, got = decode(recorded, opaque_cbor), decode(replayed, opaque_cbor)
+        expected, got = self.readable(recorded), self.readable(replayed)
         if isinstance(expected, bytes) or isinstance(got, bytes):
             if self.bindings.substitute_bytes(recorded.data) != replayed.data:
                 self.differ(place, "payload bytes", recorded.data, replayed.data)
             return
         self.value(place, expected, got, ())
+
+    def readable(self, message: Message) -> Any:
+        """The payload decoded, or what the normaliser's `opener` reads in an opaque one."""
+        value = decode(message, self.normaliser.opaque_cbor)
+        if isinstance(value, bytes) and self.normaliser.opener is not None:
+            opened = self.normaliser.opener(message)
+            return value if opened is None else opened
+        return value
 
     def value(self, place: Place, recorded: Any, replayed: Any, path: FieldPath) -> None:
         """Walk both payloads: random paths by shape and binding, everything else by equality."""

@@ -26,9 +26,10 @@ import string
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 from bus import headers as hdr
+from tests.replay.recording import Message
 
 FieldPath = tuple[str, ...]
 Shape = tuple[Any, ...]
@@ -54,6 +55,10 @@ class Normaliser:
     # manager pings a keep loader that is still starting): how many of its requests go unanswered
     # depends on timing, so those are left out of the comparison; the answered one is compared.
     polled_subjects: tuple[str, ...] = ()
+    # Opaque payloads only the scenario can read (Conclave's mail: encrypted afresh, with a new
+    # ephemeral key, on every run): `opener(message)` returns what it reads in one (a value whose
+    # random parts `random_paths` name), compared field by field; None: compare the bytes.
+    opener: Callable[[Message], Any] | None = None
 
     def is_random(self, path: FieldPath) -> bool:
         return any(_matches(pattern.split("."), path) for pattern in self.random_paths)

@@ -30,6 +30,7 @@ class EnclaveServices(Protocol):
 
     persistent_map: dict[str, bytes]
     files: dict[str, bytes]
+    has_files: bool
 
     def post_office(self, mail: Mail) -> PostOffice: ...
 

@@ -5,6 +5,8 @@ Each mail is one JSON command, and the reply is JSON:
 `{"op": "get", "key": K}` -> `{"ok": true, "value": V|null}`;
 `{"op": "delete", "key": K}` -> `{"ok": true, "deleted": bool}`; `{"op": "keys"}` -> `{"ok": true, "keys": [...]}`.
 Keys and values are text; each client sees only its own keys (scoped by its authenticated key).
+The store is the persistent map, or the encrypted file store when the host was given
+`--filesystem.file` (Conclave's two ways of persisting enclave data; either is sealed after each mail).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ class KeyValueStore(EnclaveApp):
         self.enclave.reply(mail, json.dumps(answer, sort_keys=True).encode(), routing_hint)
 
     def _apply(self, command: dict[str, Any], scope: str) -> dict[str, Any]:
-        store = self.enclave.persistent_map
+        store = self.enclave.files if self.enclave.has_files else self.enclave.persistent_map
         op, key = command.get("op"), command.get("key")
         if op == "keys":
             return {"ok": True, "keys": sorted(k[len(scope):] for k in store if k.startswith(scope))}
