@@ -1,19 +1,16 @@
 """Conclave Mail (components/conclave/mail.py, noise.py) with real crypto and no mocks.
 
-Three independent checks: the published Noise test vectors; a small writer and reader written here
-straight from conclave-wire.md §1-8 (stdlib hashlib/hmac and `cryptography`'s X25519 and AES-GCM,
-sharing no code with the codec), which must agree with it byte for byte; and hostile input.
+Three independent checks: the published Noise test vectors; the tests' writer and reader written
+straight from conclave-wire.md (tests/conclave_wire.py: stdlib hashlib/hmac and `cryptography`'s X25519
+and AES-GCM, sharing no code with the codec), which must agree with it byte for byte; and hostile input.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import struct
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from components.conclave import mail, noise
 from components.conclave.mail import (
@@ -28,8 +25,17 @@ from components.conclave.mail import (
     key_derivation_kind,
     read_header,
 )
-
-MAX_PAYLOAD = 65517  # §5: 65535 - 16 (tag) - 2 (user-byte count)
+from tests.conclave_wire import (
+    MAX_PAYLOAD,
+    TERMINATOR,
+    open_mail,
+    packet_plaintexts,
+    plaintext,
+    seal,
+    user_stream,
+)
+from tests.conclave_wire import prologue as ref_prologue
+from tests.conclave_wire import x25519_public as _pub
 
 
 def _key(label: str) -> bytes:
@@ -42,131 +48,16 @@ STRANGER = _key("stranger")
 EPHEMERAL = _key("ephemeral")
 
 
-# --- the independent reference, from conclave-wire.md only -------------------------------------------
-
-
-def _pub(private: bytes) -> bytes:
-    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
-
-
-def _dh(private: bytes, public: bytes) -> bytes:
-    return X25519PrivateKey.from_private_bytes(private).exchange(X25519PublicKey.from_public_bytes(public))
-
-
-def _hkdf(ck: bytes, ikm: bytes) -> tuple[bytes, bytes]:
-    t = hmac.digest(ck, ikm, "sha256")
-    o1 = hmac.digest(t, b"\x01", "sha256")
-    return o1, hmac.digest(t, o1 + b"\x02", "sha256")
-
-
-def _nonce(n: int) -> bytes:
-    return bytes(4) + n.to_bytes(8, "big")
-
-
-def ref_handshake(prologue: bytes, sender: bytes, recipient_pub: bytes, payload: bytes,
-                  e: bytes) -> tuple[bytes, bytes]:
-    """§3 written out: (97-byte message for a 1-byte payload, transport key)."""
-    h = b"Noise_X_25519_AESGCM_SHA256".ljust(32, b"\x00")
-    ck = h
-    h = hashlib.sha256(h + prologue).digest()
-    h = hashlib.sha256(h + recipient_pub).digest()
-    e_pub = _pub(e)
-    h = hashlib.sha256(h + e_pub).digest()
-    ck, k = _hkdf(ck, _dh(e, recipient_pub))
-    c_s = AESGCM(k).encrypt(_nonce(0), _pub(sender), h)
-    h = hashlib.sha256(h + c_s).digest()
-    ck, k = _hkdf(ck, _dh(sender, recipient_pub))
-    c_p = AESGCM(k).encrypt(_nonce(0), payload, h)
-    return e_pub + c_s + c_p, _hkdf(ck, b"")[0]
-
-
-def ref_open_handshake(prologue: bytes, recipient: bytes, message: bytes) -> tuple[bytes, bytes, bytes]:
-    """The reader's side of §3: (sender public key, payload, transport key)."""
-    h = b"Noise_X_25519_AESGCM_SHA256".ljust(32, b"\x00")
-    ck = h
-    for data in (prologue, _pub(recipient), message[:32]):
-        h = hashlib.sha256(h + data).digest()
-    ck, k = _hkdf(ck, _dh(recipient, message[:32]))
-    sender = AESGCM(k).decrypt(_nonce(0), message[32:80], h)
-    h = hashlib.sha256(h + message[32:80]).digest()
-    ck, k = _hkdf(ck, _dh(recipient, sender))
-    payload = AESGCM(k).decrypt(_nonce(0), message[80:], h)
-    return sender, payload, _hkdf(ck, b"")[0]
-
-
-def ref_prologue(topic: bytes = b"default", seq: int = 0, envelope: bytes = b"", kd: bytes = b"\x00",
-                 protocol: int = 1, extension: bytes = b"") -> bytes:
-    """§2; `topic` is given as its (modified UTF-8) bytes."""
-    return b"".join((bytes((protocol,)), struct.pack(">q", seq), struct.pack(">H", len(topic)), topic,
-                     struct.pack(">H", len(envelope)), envelope, struct.pack(">H", len(kd)), kd, extension))
-
-
-def plaintext(user: bytes, padding: int = 0) -> bytes:
-    """One packet's plaintext (§5): user bytes | zero padding | u16 number of user bytes."""
-    return user + bytes(padding) + struct.pack(">H", len(user))
-
-
-TERMINATOR = plaintext(b"")
-
-
-def ref_plaintexts(user: bytes, min_size: int) -> list[bytes]:
-    """The writer's packet plaintexts as §5 describes them, terminator included."""
-    out, written = [], 0
-    full, rest = divmod(len(user), MAX_PAYLOAD)
-    for i in range(full):
-        out.append(plaintext(user[i * MAX_PAYLOAD : (i + 1) * MAX_PAYLOAD]))
-        written += MAX_PAYLOAD
-    if rest:
-        padding = max(0, min(min_size - written, MAX_PAYLOAD - rest))
-        out.append(plaintext(user[full * MAX_PAYLOAD :], padding))
-        written += rest + padding
-    while written < min_size:
-        padding = min(min_size - written, MAX_PAYLOAD)
-        out.append(plaintext(b"", padding))
-        written += padding
-    return out + [TERMINATOR]
+# --- the independent reference (tests/conclave_wire.py), with this file's keys ------------------------
 
 
 def hand_mail(plaintexts: list[bytes], *, prologue: bytes | None = None, sender: bytes = CLIENT,
               recipient_pub: bytes | None = None, payload: bytes = b"\x00", e: bytes = EPHEMERAL,
               trailing: bytes = b"") -> bytes:
     """A mail put together by hand: u16 P | prologue | handshake | u16 L + AES-GCM packets."""
-    prologue = ref_prologue() if prologue is None else prologue
-    handshake, key = ref_handshake(prologue, sender, recipient_pub or _pub(ENCLAVE), payload, e)
-    aead = AESGCM(key)
-    packets = []
-    for n, pt in enumerate(plaintexts):
-        ct = aead.encrypt(_nonce(n), pt, None)
-        packets.append(struct.pack(">H", len(ct)) + ct)
-    return struct.pack(">H", len(prologue)) + prologue + handshake + b"".join(packets) + trailing
-
-
-def user_stream(body: bytes, private_header: bytes | None = None) -> bytes:
-    """§4: the decrypted stream of protocol 1 is i32 length | private header | body."""
-    header = private_header or b""
-    return struct.pack(">i", len(header)) + header + body
-
-
-def ref_open(data: bytes, recipient: bytes = ENCLAVE) -> dict:
-    """The independent reader: every field, and each packet as (payload length, user length)."""
-    (p,) = struct.unpack_from(">H", data)
-    prologue = data[2 : 2 + p]
-    pos = 2 + p
-    sender, payload, key = ref_open_handshake(prologue, recipient, data[pos : pos + 97])
-    pos += 97
-    aead, n, user, packets = AESGCM(key), 0, b"", []
-    while True:
-        (length,) = struct.unpack_from(">H", data, pos)
-        pt = aead.decrypt(_nonce(n), data[pos + 2 : pos + 2 + length], None)
-        pos, n = pos + 2 + length, n + 1
-        (count,) = struct.unpack_from(">H", pt, len(pt) - 2)
-        packets.append((len(pt) - 2, count))
-        user += pt[:count]
-        if len(pt) == 2:
-            break
-    (header_length,) = struct.unpack_from(">i", user)
-    return {"prologue": prologue, "sender": sender, "payload": payload, "packets": packets, "rest": data[pos:],
-            "private_header": user[4 : 4 + header_length], "body": user[4 + header_length :]}
+    return seal(ref_prologue() if prologue is None else prologue, plaintexts, sender_private=sender,
+                recipient_public=recipient_pub or _pub(ENCLAVE), ephemeral_private=e, payload=payload,
+                trailing=trailing)
 
 
 def encrypt(body: bytes = b"", **overrides) -> bytes:
@@ -269,20 +160,20 @@ def test_example_prologue_bytes_of_section_2() -> None:
 def test_minimum_mail_is_166_bytes() -> None:
     data = encrypt(b"")
     assert len(data) == 2 + 23 + 97 + 24 + 20 == 166
-    opened = ref_open(data)
-    assert opened["packets"] == [(4, 4), (0, 0)]
-    assert opened["payload"] == b"\x00" and opened["rest"] == b""
-    assert opened["sender"] == _pub(CLIENT)
+    opened = open_mail(data, ENCLAVE)
+    assert opened.packets == [(4, 4), (0, 0)]
+    assert opened.payload == b"\x00" and opened.rest == b""
+    assert opened.sender == _pub(CLIENT)
 
 
 @pytest.mark.parametrize("body_size", [0, 1, 65513, 65514, 65517, 2 * 65517 - 4, 2 * 65517 - 3, 200_000])
 def test_packet_count_without_min_size(body_size: int) -> None:
     body = bytes(range(256)) * (body_size // 256) + bytes(body_size % 256)
     data = encrypt(body)
-    opened = ref_open(data)
-    assert len(opened["packets"]) == -(-(4 + body_size) // MAX_PAYLOAD) + 1  # §5, T-MST testWrite
-    assert all(payload == user for payload, user in opened["packets"])  # no padding at min size 0
-    assert opened["body"] == body
+    opened = open_mail(data, ENCLAVE)
+    assert len(opened.packets) == -(-(4 + body_size) // MAX_PAYLOAD) + 1  # §5, T-MST testWrite
+    assert all(payload == user for payload, user in opened.packets)  # no padding at min size 0
+    assert opened.body == body
     assert decrypt_mail(data, ENCLAVE).body == body
 
 
@@ -301,7 +192,7 @@ def test_min_size_padding(body_size: int, min_size: int, packets: list) -> None:
     """MES writePacket: padding = clamp(min_size - payload of earlier packets, 0, room), so a last
     partial packet is padded by up to min_size on top of its own user bytes (§5)."""
     data = encrypt(bytes(body_size), min_size=min_size)
-    assert ref_open(data)["packets"] == packets
+    assert open_mail(data, ENCLAVE).packets == packets
     assert decrypt_mail(data, ENCLAVE).body == bytes(body_size)
 
 
@@ -320,11 +211,11 @@ def test_encrypt_mail_is_byte_identical_to_the_hand_written_mail(body, min_size,
                                                                   seq) -> None:
     data = encrypt(body, min_size=min_size, envelope=envelope, private_header=private_header, key_derivation=kd,
                    sequence_number=seq, ephemeral_private=EPHEMERAL)
-    prologue = ref_prologue(seq=seq, envelope=envelope or b"", kd=kd or b"")
-    assert data == hand_mail(ref_plaintexts(user_stream(body, private_header), min_size), prologue=prologue)
+    prologue = ref_prologue(seq, envelope=envelope or b"", key_derivation=kd or b"")
+    assert data == hand_mail(packet_plaintexts(user_stream(body, private_header), min_size), prologue=prologue)
 
-    opened = ref_open(data)
-    assert (opened["body"], opened["private_header"]) == (body, private_header or b"")
+    opened = open_mail(data, ENCLAVE)
+    assert (opened.body, opened.private_header) == (body, private_header or b"")
     got = decrypt_mail(data, ENCLAVE)
     assert got.header == MailHeader(seq, "default", envelope, kd or None, 1)
     assert (got.body, got.private_header, got.sender) == (body, private_header, _pub(CLIENT))
@@ -334,7 +225,7 @@ def test_hand_built_mail_with_any_packet_split_trailing_bytes_and_prologue_exten
     stream = user_stream(b"the body", b"private")
     plaintexts = [plaintext(stream[:1]), plaintext(b"", 40), plaintext(stream[1:3], 5)]
     plaintexts += [plaintext(stream[i : i + 1]) for i in range(3, len(stream))] + [TERMINATOR]
-    prologue = ref_prologue(topic=b"Topic-1", seq=42, envelope=b"\x00\x01", extension=b"future fields")
+    prologue = ref_prologue(42, b"Topic-1", envelope=b"\x00\x01", extension=b"future fields")
     data = hand_mail(plaintexts, prologue=prologue, payload=b"\x07", trailing=b"ignored garbage")
     got = decrypt_mail(data, ENCLAVE)
     assert got.header == MailHeader(42, "Topic-1", b"\x00\x01", b"\x00", 1)
@@ -492,7 +383,7 @@ def test_check_topic() -> None:
 def test_topic_is_modified_utf8() -> None:
     for topic, wire in (("a\x00b", b"a\xc0\x80b"), ("\U0001f600", b"\xed\xa0\xbd\xed\xb8\x80"), ("é", b"\xc3\xa9")):
         data = encrypt(b"", topic=topic, ephemeral_private=EPHEMERAL)
-        assert data == hand_mail(ref_plaintexts(user_stream(b""), 0), prologue=ref_prologue(topic=wire))
+        assert data == hand_mail(packet_plaintexts(user_stream(b""), 0), prologue=ref_prologue(topic=wire))
         assert decrypt_mail(data, ENCLAVE).header.topic == topic
     assert read_header(hand_mail([TERMINATOR], prologue=ref_prologue(topic=b"\xc1\x81"))).topic == "A"  # as Java
     for wire in (b"\xf0\x9f\x98\x80", b"\xed\xa0\x80", b"\x80", b"a\xc3", b"\xe0\x80"):
@@ -520,11 +411,11 @@ def test_moving_average_post_office_pads_as_conclave_does() -> None:
     Conclave writes."""
     office = PostOffice(CLIENT, _pub(ENCLAVE))
     first = office.encrypt(bytes(1000))
-    assert ref_open(first)["packets"] == [(2004, 1004), (0, 0)]
+    assert open_mail(first, ENCLAVE).packets == [(2004, 1004), (0, 0)]
     second = office.encrypt(bytes(10))
-    assert ref_open(second)["packets"] == [(519, 14), (0, 0)]  # min size: the mean of 1000 and 10
+    assert open_mail(second, ENCLAVE).packets == [(519, 14), (0, 0)]  # min size: the mean of 1000 and 10
     unpadded = PostOffice(CLIENT, _pub(ENCLAVE), min_size_policy=mail.fixed(0)).encrypt(bytes(1000))
-    assert ref_open(unpadded)["packets"] == [(1004, 1004), (0, 0)]
+    assert open_mail(unpadded, ENCLAVE).packets == [(1004, 1004), (0, 0)]
 
 
 # --- post office -------------------------------------------------------------------------------------

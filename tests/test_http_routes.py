@@ -75,7 +75,6 @@ def test_a_forwarding_route_is_bound_by_the_runner_not_the_router():
 async def test_an_internal_route_on_an_open_site_demands_the_internal_credential(start_node, data_dir):
     from adapters.http.runner import HttpServer, Site
     from adapters.http.mesatee import render_error
-    from bus.requester import Requester
     from bus.server import free_port
     import aiohttp
     from aiohttp import web

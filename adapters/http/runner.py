@@ -273,7 +273,9 @@ def _refusal(site: Site) -> bytes:
     """The whole HTTP reply written to a connection over a cap: 503 in the site's shape, then close."""
     response = site.render_error(503, f"too many connections to {site.name}; retry shortly", {})
     body = response.body if isinstance(response.body, bytes) else b""
-    head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: {response.content_type}\r\n"
+    own = "".join(f"{name}: {value}\r\n" for name, value in response.headers.items()   # the site's own, e.g.
+                  if name.lower() not in ("content-type", "content-length", "connection"))   # Cache-Control
+    head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: {response.content_type}\r\n{own}"
             f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n")
     return head.encode("latin-1") + body
 

@@ -33,10 +33,10 @@ _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 # java.time.Period.parse's pattern: ASCII digits, case-insensitive letters, an optional sign in front of
 # the whole and of each number, weeks folded into days.
 _PERIOD = re.compile(
-    r"([-+]?)P(?:([-+]?[0-9]+)Y)?(?:([-+]?[0-9]+)M)?(?:([-+]?[0-9]+)W)?(?:([-+]?[0-9]+)D)?",
+    r"([-+]?)P(?:([-+]?[0-9]{1,40})Y)?(?:([-+]?[0-9]{1,40})M)?(?:([-+]?[0-9]{1,40})W)?(?:([-+]?[0-9]{1,40})D)?",
     re.IGNORECASE | re.ASCII,
 )
-_INTEGER = re.compile(r"[+-]?\d+")  # Integer.parseInt accepts any Unicode decimal digits, as does \d
+_INTEGER = re.compile(r"[+-]?\d{1,40}")  # Integer.parseInt accepts any Unicode decimal digits, as does \d
 _HEX = re.compile(r"[0-9A-Fa-f]*", re.ASCII)
 
 

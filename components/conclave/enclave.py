@@ -29,12 +29,14 @@ from bus.errors import TooLarge, Unavailable
 from components.conclave import apps, mail_store, messages, sealed_state, subjects
 from components.conclave import mail as mailfmt
 from components.conclave.config import ConclaveConfig
+from components.conclave.constraints import EnclaveConstraint
 from components.conclave.eii import keys_from_secret, mock_instance_info
 from components.conclave.enclave_env import EnclaveEnv
 from components.conclave.sealed_state import EnclaveState, SealedStateError
 from components.conclave.sequence import SequenceError, check_sequence
 
 SEALING_KEY_NAME = "teebus-sealed-state"      # the KDS key name an enclave seals under (with --kds.url)
+KDS_KEYS_KEPT = 64                             # KDS private keys an enclave keeps for mail to KDS keys
 
 
 class Enclave(Component):
@@ -134,10 +136,12 @@ class Enclave(Component):
             raise messages.mail_decryption() from None
         kds_key = await self._kds_key(header.key_derivation) if _is_kds(derivation) else None
         try:
-            return mailfmt.decrypt_mail(data, kds_key or self.state.secret,
-                                        max_size=self.config.max_mail_bytes), kds_key
+            opened = mailfmt.decrypt_mail(data, kds_key or self.state.secret, max_size=self.config.max_mail_bytes)
         except mailfmt.MailDecryptionError:
             raise messages.mail_decryption() from None
+        if kds_key is not None:
+            self._keep_kds_key(header.key_derivation, kds_key)     # only keys that opened a mail
+        return opened, kds_key
 
     async def _commit(self, watermark_key: str, received: mailfmt.Mail, kds_key: bytes | None, work: Any) -> None:
         """Advance the watermark and keep what the application changed, sealed before we answer."""
@@ -188,22 +192,40 @@ class Enclave(Component):
                               "and that the KDS runs") from None
 
     async def _kds_key(self, key_derivation: bytes) -> bytes:
-        """The private key of a KDS key spec a client encrypted to (cached per spec)."""
+        """The private key of a KDS key spec a client encrypted to (the last KDS_KEYS_KEPT that opened
+        a mail are kept).
+
+        A spec this enclave cannot satisfy is the mail's fault (ENCLAVE_EXCEPTION), checked here
+        before the KDS is asked; only a KDS that does not answer is a 503."""
         if key_derivation in self.kds_keys:
+            self.kds_keys[key_derivation] = self.kds_keys.pop(key_derivation)      # most recently used
             return self.kds_keys[key_derivation]
         if not self.config.kds_url:
             raise messages.enclave_exception(self._shown(
                 "this mail is encrypted to a KDS key, but this enclave has no KDS (--kds.url)"))
-        from components.conclave.kds_client import fetch_private_key
+        from components.conclave.kds_client import KdsRefused, KdsUnavailable, fetch_private_key
         spec = mailfmt.key_derivation_kind(key_derivation)
+        try:
+            EnclaveConstraint.parse(spec.policy_constraint).check(self.eii)
+        except ValueError as refused:
+            raise messages.enclave_exception(self._shown(
+                f"this enclave does not satisfy the mail's KDS key policy: {refused}")) from None
         try:
             key = await fetch_private_key(self.config.kds_url, eii=self.eii_bytes, encryption_private=self.state.secret,
                                           name=spec.name, master_key_type=spec.master_key_type,
                                           policy_constraint=spec.policy_constraint, timeout=self.config.kds_timeout)
+        except KdsRefused as refused:
+            raise messages.enclave_exception(self._shown(str(refused))) from None
+        except KdsUnavailable as exc:
+            raise Unavailable(f"the KDS did not answer ({exc}); send the mail again later") from None
         except Exception as exc:
-            raise Unavailable(f"the KDS refused or did not answer ({exc})") from None
-        self.kds_keys[key_derivation] = key
+            raise Unavailable(f"the KDS's answer was not usable ({exc})") from None
         return key
+
+    def _keep_kds_key(self, key_derivation: bytes, key: bytes) -> None:
+        self.kds_keys[key_derivation] = key
+        while len(self.kds_keys) > KDS_KEYS_KEPT:
+            del self.kds_keys[next(iter(self.kds_keys))]
 
     def _state_path(self) -> Path:
         if self.config.sealed_state_file:

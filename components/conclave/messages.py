@@ -8,6 +8,7 @@ them (`{"conclave": "MAIL_DECRYPTION" | "ENCLAVE_EXCEPTION"}`), so the adapter r
 
 from __future__ import annotations
 
+import re
 from typing import Mapping
 
 from bus.errors import BadRequest
@@ -16,6 +17,7 @@ ROUTING_HINT = "Conclave-Routing-Hint"
 POLL_WAIT = "Conclave-Poll-Wait"
 MAX_HINT = 1024                         # characters of a Correlation-ID
 MAIL_DECRYPTION, ENCLAVE_EXCEPTION = "MAIL_DECRYPTION", "ENCLAVE_EXCEPTION"
+_SECONDS = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?", re.ASCII)
 
 
 def check_hint(hint: str | None) -> str:
@@ -38,10 +40,9 @@ def check_wait(value: str | None, longest: float) -> float:
     """A long poll's wait in seconds: absent means 0 (answer at once, as Conclave's host does)."""
     if value is None or value == "":
         return 0.0
-    try:
-        wait = float(value)
-    except ValueError:
-        raise BadRequest(f"the poll wait must be a number of seconds from 0 to {longest:g}") from None
+    if not _SECONDS.fullmatch(value):
+        raise BadRequest(f"the poll wait must be a number of seconds from 0 to {longest:g}, like 10 or 2.5")
+    wait = float(value)
     if not 0 <= wait <= longest:
         raise BadRequest(f"the poll wait must be a number of seconds from 0 to {longest:g}")
     return wait
