@@ -19,7 +19,9 @@ BCRYPT_COST = 10
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write a secret file atomically with mode 0600 (no window where it is readable by others)."""
+    """Write a secret file atomically with mode 0600 (no window where it is readable by others),
+    durably: the data and then the rename are on disk when this returns (a power cut leaves the old
+    file or the new one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -29,6 +31,11 @@ def write_private(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def read_private(path: Path) -> bytes:

@@ -10,7 +10,9 @@ MAIL_DECRYPTION), the mail is opened with the enclave's key (or the KDS key its 
 sequence number is checked per (sender key, topic) before the application sees the mail, the
 application runs, and of the mail it posted the first to the caller's routing hint is the
 synchronous reply; the rest is stored in the mailboxes (mail_store.py) before the state is sealed,
-so nothing accepted is lost. Mails are handled one at a time (the watermarks demand an order).
+so nothing accepted is lost. Mails are handled one at a time (the watermarks demand an order), in
+memory; their sealing is grouped (sealer.py): each reply waits until a write holding its state is on
+disk, and one write covers every mail handled while the one before it was under way.
 Run one enclave component per enclave: the sealed state file is locked against a second.
 """
 
@@ -33,6 +35,7 @@ from components.conclave.constraints import EnclaveConstraint
 from components.conclave.eii import keys_from_secret, mock_instance_info
 from components.conclave.enclave_env import EnclaveEnv
 from components.conclave.sealed_state import EnclaveState, SealedStateError
+from components.conclave.sealer import Sealer
 from components.conclave.sequence import SequenceError, check_sequence
 
 SEALING_KEY_NAME = "teebus-sealed-state"      # the KDS key name an enclave seals under (with --kds.url)
@@ -67,6 +70,9 @@ class Enclave(Component):
         self.app = self.app_class(self.env)
         self.kds_keys: dict[bytes, bytes] = {}        # KDS key-derivation header -> private key
         self.turn = asyncio.Lock()
+        self._broken = ""
+        files_path = Path(config.filesystem_file) if config.filesystem_file else None
+        self.sealer = Sealer(self.state_path, files_path, self._stop_taking_mail)
         await mail_store.ensure_stream(self.client, config, self.context.replicas)
         self.log.info("enclave ready", enclave=self.enclave_name, app=config.app, mode=config.mode,
                       code_hash=self.code_hash.hex(), sealed_state=str(self.state_path))
@@ -90,11 +96,20 @@ class Enclave(Component):
             raise messages.mail_decryption()
         if len(data) > self.config.max_mail_bytes:
             raise TooLarge(f"a mail is at most {self.config.max_mail_bytes} bytes; this one is {len(data)}")
+        if self._broken:
+            raise Unavailable(self._broken)
         async with self.turn:
-            reply = await self._deliver(bytes(data), hint)
+            try:
+                reply, version, event = await self._deliver(bytes(data), hint)
+            except Refused as refused:                # the application raised: its watermark moved on
+                reply, version, event = None, refused.version, refused.error
+        await self.sealer.wait(version)               # sealed with the mails handled meanwhile
+        if reply is None:
+            raise event
+        await self._announce("accepted", event)       # its acknowledgement awaited outside the turn too
         return Outgoing(reply, headers.OCTETS)
 
-    async def _deliver(self, data: bytes, hint: str) -> bytes:
+    async def _deliver(self, data: bytes, hint: str) -> tuple[bytes, int, dict[str, Any]]:
         received, kds_key = await self._open(data)
         state = self.state
         watermark_key = f"{received.sender.hex()}/{received.header.topic}"
@@ -108,9 +123,9 @@ class Enclave(Component):
             self.app.receive_mail(received, hint)
         except Exception as failed:            # the application's own error: nothing it did is kept
             self.env.finish()
-            await self._commit(watermark_key, received, kds_key, None)
+            version = self._commit(watermark_key, received, kds_key, None)
             self.log.info("application refused a mail", topic=received.header.topic, error=type(failed).__name__)
-            raise messages.enclave_exception(self._shown(str(failed) or type(failed).__name__)) from None
+            raise Refused(version, messages.enclave_exception(self._shown(str(failed) or type(failed).__name__)))
         work = self.env.finish()
         reply, queued = b"", []
         for posted in work.posted:
@@ -120,12 +135,11 @@ class Enclave(Component):
                 queued.append(posted)
         for posted in queued:                  # stored before the state moves on: nothing accepted is lost
             await mail_store.store(self.client, self.enclave_name, posted.routing_hint, posted.mail)
-        await self._commit(watermark_key, received, kds_key, work)
-        await self._announce("accepted", {
+        version = self._commit(watermark_key, received, kds_key, work)
+        return reply, version, {
             "enclave": self.enclave_name, "topic": received.header.topic,
             "sequence_number": received.header.sequence_number, "sender": received.sender.hex(),
-            "replied": bool(reply), "queued": [subjects.hint_token(posted.routing_hint) for posted in queued]})
-        return reply
+            "replied": bool(reply), "queued": [subjects.hint_token(posted.routing_hint) for posted in queued]}
 
     async def _open(self, data: bytes) -> tuple[mailfmt.Mail, bytes | None]:
         """Read the prologue as the host does, then open the mail inside the enclave."""
@@ -143,8 +157,9 @@ class Enclave(Component):
             self._keep_kds_key(header.key_derivation, kds_key)     # only keys that opened a mail
         return opened, kds_key
 
-    async def _commit(self, watermark_key: str, received: mailfmt.Mail, kds_key: bytes | None, work: Any) -> None:
-        """Advance the watermark and keep what the application changed, sealed before we answer."""
+    def _commit(self, watermark_key: str, received: mailfmt.Mail, kds_key: bytes | None, work: Any) -> int:
+        """Advance the watermark and keep what the application changed; the version the reply waits
+        for (sealer.py writes it, with whatever else was handled meanwhile)."""
         state = self.state
         new = EnclaveState(state.secret, dict(state.watermarks), state.replies, state.persistent_map, state.state_id)
         if kds_key is None:
@@ -157,15 +172,24 @@ class Enclave(Component):
         if len(sealed) > self.config.max_state_bytes:
             raise Unavailable(f"the enclave's sealed state would exceed {self.config.max_state_bytes} bytes; "
                               "the mail was not accepted (the application must keep less)")
-        await asyncio.to_thread(_write, self.state_path, sealed)
-        if files_changed:
-            await asyncio.to_thread(self._save_files, work.files)
-            self.files = work.files
+        files = self._sealed_files(work.files) if files_changed else None
+        version = self.sealer.changed(sealed, files)
         self.state = new
+        if files_changed:
+            self.files = work.files
+        return version
+
+    async def _stop_taking_mail(self, durable: int) -> None:
+        """A write of the sealed state failed (sealer.py): refuse mail until a restart, which reads
+        the last state that was sealed (memory may be ahead of it; nothing past it was answered)."""
+        self._broken = ("the enclave could not seal its state and takes no mail until it is restarted "
+                        "(check the disk of its sealed state file)")
+        self.sealer.forget_pending()
+        self.log.error("sealing the state failed; the enclave takes no more mail", durable_version=durable)
 
     async def _announce(self, what: str, data: dict[str, Any]) -> None:
-        """The event of a mail already accepted: its loss is logged, never the caller's error (the
-        client would resend, and be refused as a replay)."""
+        """Publish the event of a mail already accepted and sealed. Its loss is logged, never the
+        caller's error: the client would resend, and be refused as a replay."""
         try:
             await self.events.publish("mail", what, data)
         except Exception as exc:
@@ -243,7 +267,7 @@ class Enclave(Component):
                              "and this enclave starts with a new key", sealed_state=str(self.state_path))
         if state is None:
             state = EnclaveState(os.urandom(32))
-            _write(self.state_path, sealed_state.encode(state, self.sealing_key, self.config.mode))
+            write_private(self.state_path, sealed_state.encode(state, self.sealing_key, self.config.mode))
             self.log.info("new enclave key", sealed_state=str(self.state_path))
         keys_from_secret(state.secret)     # a damaged secret fails here, not at the first mail
         return state
@@ -259,21 +283,25 @@ class Enclave(Component):
         except SealedStateError as refused:
             raise Unavailable(str(refused)) from None
 
-    def _save_files(self, files: dict[str, bytes]) -> None:
+    def _sealed_files(self, files: dict[str, bytes]) -> bytes:
         holder = EnclaveState(b"", persistent_map=files)
-        _write(Path(self.config.filesystem_file), sealed_state.encode(holder, self.sealing_key, self.config.mode))
+        return sealed_state.encode(holder, self.sealing_key, self.config.mode)
 
     def _shown(self, message: str) -> str | None:
         """What a client may read of an enclave error: nothing in release mode (Conclave's rule)."""
         return None if self.config.mode == "release" else message
 
 
+class Refused(Exception):
+    """The application raised: the refusal to send once `version` (its watermark) is sealed."""
+
+    def __init__(self, version: int, error: Exception) -> None:
+        super().__init__(str(error))
+        self.version, self.error = version, error
+
+
 def _is_kds(derivation: Any) -> bool:
     return isinstance(derivation, mailfmt.KdsKeySpec)
-
-
-def _write(path: Path, data: bytes) -> None:
-    write_private(path, data)
 
 
 def _lock(path: Path) -> Any:
