@@ -16,6 +16,8 @@ from typing import Any, MutableMapping, TextIO
 
 import structlog
 
+from bus import log_shipping
+
 # The request being served in this task and what its log lines carry: one variable set once per
 # request (cheaper than structlog's one-variable-per-key contextvars), merged in at log time.
 _request: ContextVar[dict[str, Any] | None] = ContextVar("teebus_request", default=None)
@@ -71,6 +73,7 @@ def configure(level: str = "info", json: bool | None = None, stream: TextIO | No
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact_secrets,
             structlog.processors.format_exc_info,
+            log_shipping.ship,           # the bus's copy, when this process ships its lines
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),

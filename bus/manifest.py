@@ -45,7 +45,8 @@ class AdapterSpec:
     `kind` is the folder under `adapters/`, and the run name is `<kind>.<system>`:
     - "http": `target` is `(ports: Mapping[str, int], config) -> list[Site]` (adapters/http/runner.py),
       `config` being the system's configuration (a site may need more than its port: a host name);
-    - "unix": `target` is `(data_dir: Path) -> list[Socket]` (adapters/unix/server.py).
+    - "unix": `target` is `(data_dir: Path, config) -> list[Listener]` (adapters/unix/server.py): sockets
+      that serve themselves once given their role's requester (a stream protocol, a gRPC server).
     """
 
     kind: str
@@ -111,6 +112,7 @@ class Manifest:
     ports: Mapping[str, int] = field(default_factory=dict)   # site name -> default port
     buckets: tuple[str, ...] = ()                            # KV buckets its components own
     streams: tuple[str, ...] = ()                            # other JetStream streams they own
+    reads_logs: bool = False                                 # its components watch every process's log lines
     roles: tuple[RoleSpec, ...] = ()
     secret_fields: tuple[str, ...] = ()                      # message fields logs never show
     verbs: str | None = None                                 # "module:register" for `teebus <system> ...`

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from bus import events, payloads, records, streams
+from bus import events, log_shipping, payloads, records, streams
 from bus.manifest import Manifest
 
 INTERNAL = "*.*.internal.>"   # the third token `internal` marks a subject for components only
@@ -46,7 +46,8 @@ class Role:
 
 
 def _external_caller(role: str, systems: Iterable[Manifest], deny_internal: bool) -> dict[str, Any]:
-    publish: dict[str, Any] = {"allow": [f"{m.name}.>" for m in systems] + payloads.permissions(role)}
+    publish: dict[str, Any] = {"allow": [f"{m.name}.>" for m in systems] + payloads.permissions(role)
+                               + log_shipping.permissions(role)}
     if deny_internal:
         publish["deny"] = [INTERNAL]
     return {"publish": publish, "subscribe": {"allow": [own_inbox(role)]}}
@@ -57,13 +58,15 @@ def component_permissions(manifest: Manifest) -> dict[str, Any]:
     buckets = [subject for bucket in manifest.buckets for subject in records.bucket_permissions(bucket)]
     owned = [subject for stream in manifest.streams for subject in streams.permissions(stream)]
     publish = list(dict.fromkeys([f"{manifest.name}.>", events.publish_permission(manifest.name),
-                                  *buckets, *owned, *payloads.permissions(manifest.role), INBOXES]))   # each once
+                                  *buckets, *owned, *payloads.permissions(manifest.role),
+                                  *log_shipping.permissions(manifest.role), INBOXES]))   # each once
+    reads = [log_shipping.SUBJECTS] if manifest.reads_logs else []
     return {
         # INBOXES: the response permission `allow_responses` grants does not survive a configuration
         # reload (nats-server re-evaluates permissions on every SIGHUP, and bus/users.py reloads
         # whenever a dynamic user comes or goes), so a reply sent after one would be refused.
         "publish": {"allow": publish},
-        "subscribe": {"allow": [f"{manifest.name}.>", "$SRV.>", own_inbox(manifest.role)]},
+        "subscribe": {"allow": [f"{manifest.name}.>", "$SRV.>", own_inbox(manifest.role), *reads]},
         "allow_responses": True,
     }
 

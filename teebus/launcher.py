@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from nats.aio.client import Client
 
 from adapters.http.runner import INTERNAL_TOKEN_FILE, HttpServer
-from adapters.unix.server import Socket, UnixServer
-from bus import log, roles
+from adapters.unix.server import Listener
+from bus import log, log_shipping, roles
 from bus.bootstrap import prepare
 from bus.component import Component, Context
 from bus.connection import connect
@@ -52,13 +52,16 @@ class Node:
     catalog: Catalog = field(default_factory=default_catalog)
     components: list[Component] = field(default_factory=list)
     http: HttpServer | None = None
-    sockets: dict[str, UnixServer] = field(default_factory=dict)
+    sockets: dict[str, Listener] = field(default_factory=dict)
     _clients: list[Client] = field(default_factory=list)
     _requesters: dict[str, Requester] = field(default_factory=dict)
+    _shipper: log_shipping.LogShipper | None = None
 
     async def _connect(self, role: str, name: str) -> Client:
         client = await connect(self.settings.url, role, data_dir=self.settings.data_dir, name=name)
         self._clients.append(client)
+        if log_shipping.current() is None:           # this process's log lines, on the bus from now on
+            self._shipper = log_shipping.install(client, role)
         return client
 
     async def start(self) -> None:
@@ -79,9 +82,10 @@ class Node:
                      for site in load(spec.target)(self.settings.ports, self.settings.config_of(manifest.name))]
             if sites:
                 await self._start_http(sites)
-            for _, spec in adapters:
+            for manifest, spec in adapters:
                 if spec.kind == "unix":
-                    await self._start_sockets(load(spec.target)(self.settings.data_dir))
+                    await self._start_sockets(load(spec.target)(self.settings.data_dir,
+                                                                self.settings.config_of(manifest.name)))
         except BaseException:
             await self.stop()
             raise
@@ -105,11 +109,10 @@ class Node:
                                internal_host=self.settings.internal_host)
         await self.http.start(sites, requesters)
 
-    async def _start_sockets(self, sockets: list[Socket]) -> None:
-        for declared in sockets:
-            server = UnixServer(declared.path, declared.serve(await self._requester(declared.role)), declared.limit)
-            await server.start()
-            self.sockets[declared.name] = server
+    async def _start_sockets(self, listeners: list[Listener]) -> None:
+        for listener in listeners:
+            await listener.start(await self._requester(listener.role))
+            self.sockets[listener.name] = listener
 
     async def stop(self) -> None:
         """Adapters stop taking requests first, components finish theirs, connections drain."""
@@ -123,6 +126,9 @@ class Node:
             await component.stop()
         self.components.clear()
         self._requesters.clear()
+        if self._shipper is not None and log_shipping.current() is self._shipper:
+            await log_shipping.uninstall()
+        self._shipper = None
         for client in reversed(self._clients):
             await _close(client)
         self._clients.clear()

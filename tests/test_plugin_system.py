@@ -96,7 +96,7 @@ def echo_sites(ports: Mapping[str, int], config: Any = None) -> list[Site]:
     return [Site("echo-http", ports["echo-http"], "adapter", echo_routes, render_error)]
 
 
-def echo_sockets(data_dir: Path) -> list[Socket]:
+def echo_sockets(data_dir: Path, config: Any = None) -> list[Socket]:
     """A line protocol on a Unix socket: each line is said, each answer is a line."""
 
     def serve(requester: Requester):

@@ -7,9 +7,9 @@ import os
 import socket
 import stat
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable, Iterator
+from typing import Awaitable, Callable, Iterator, Protocol
 
 from bus import log
 from bus.requester import Requester
@@ -17,17 +17,41 @@ from bus.requester import Requester
 ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-@dataclass(frozen=True)
+class Listener(Protocol):
+    """What a `unix` adapter's target, `(data_dir: Path, config) -> list[Listener]`, declares to the
+    launcher: a named socket that serves itself once given the requester of its `role` (a line
+    protocol on asyncio streams is a `Socket`; a gRPC server binds its socket its own way)."""
+
+    name: str
+    path: Path
+    role: str
+
+    async def start(self, requester: Requester) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass
 class Socket:
-    """One Unix socket of a system, as its adapter module declares it to the launcher: a
-    `unix` adapter's target is `(data_dir: Path) -> list[Socket]`. `serve` gets the requester of
-    `role` and returns the handler of each connection."""
+    """A Unix socket whose connections `serve(requester)` handles as asyncio streams."""
 
     name: str
     path: Path
     role: str
     serve: Callable[[Requester], ConnectionHandler]
     limit: int = 1024 * 1024          # the stream reader's buffer bound
+    _server: "UnixServer | None" = field(default=None, repr=False)
+
+    async def start(self, requester: Requester) -> None:
+        self._server = UnixServer(self.path, self.serve(requester), self.limit)
+        await self._server.start()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop()
+            self._server = None
+
+
 _log = log.get_logger("adapters.unix")
 MAX_SUN_PATH = 107  # bytes a socket address may hold on Linux, without the final NUL
 
