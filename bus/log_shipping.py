@@ -102,8 +102,14 @@ async def uninstall() -> None:
         await shipper.close()
 
 
+QUIET = ("bus.connection",)   # the connection's own complaints: shipping them could feed on itself
+
+
 def ship(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor (after redaction): hand the event to the shipper, if one is installed."""
-    if _shipper is not None:
+    """structlog processor (after redaction): hand the event to the shipper, if one is installed.
+
+    Lines of the connection itself stay local: a refused or failed publish is reported through it,
+    and shipping that report would fail the same way, again and again."""
+    if _shipper is not None and event.get("component") not in QUIET:
         _shipper(event)
     return event
