@@ -8,6 +8,7 @@ into `Nats-Service-Error-Code` / `Nats-Service-Error` replies (with the error's 
 One lifecycle: `start()` (setup, then endpoints), `stop(grace)` (endpoints off, requests and
 `spawn`ed work get `grace` seconds, stragglers are cancelled, then teardown); `async with` does both.
 Background work belongs to the component: `spawn(coro)` and `every(seconds, fn)`.
+A handler that answers on its own (opening a feed, bus/feeds.py) returns `NO_REPLY`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Incoming:
     content_type: str
     headers: dict[str, str]
     request_id: str
+    reply: str = ""      # the requester's reply subject: a handler that answers itself (a feed) needs it
 
 
 @dataclass(slots=True)
@@ -51,6 +53,18 @@ class Outgoing:
     content_type: str = headers.JSON
     headers: dict[str, str] | None = None  # extra reply headers, e.g. a flag an adapter maps to a status
 
+
+class _NoReply:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_REPLY"
+
+
+# Return this from a handler that answered the request itself on `Incoming.reply` (bus/feeds.py
+# acknowledges a feed and then sends its items there): the dispatcher then sends no reply of its own.
+# A BusError the handler raises is still answered as usual.
+NO_REPLY: Any = _NoReply()
 
 Handler = Callable[[Incoming], Awaitable[Any]]
 
@@ -259,7 +273,9 @@ class Component:
         request_id = hdrs.get(headers.REQUEST_ID) or log.new_request_id()
         log.bind_request(request_id, service=self.service_name, endpoint=endpoint.name)
         try:
-            await self._respond(request, await self._handle(endpoint, request, hdrs, request_id), request_id)
+            outgoing = await self._handle(endpoint, request, hdrs, request_id)
+            if outgoing is not NO_REPLY:
+                await self._respond(request, outgoing, request_id)
         except BusError as exc:
             counters.errors += 1
             self.log.info("request refused", status=exc.status, error=exc.message)
@@ -276,12 +292,13 @@ class Component:
             counters.busy_ns += time.perf_counter_ns() - started
 
     async def _handle(self, endpoint: Endpoint, request: Request, hdrs: dict[str, str],
-                      request_id: str) -> Outgoing:
+                      request_id: str) -> Outgoing | Any:
         content_type = codec.content_type_of(hdrs)
         body = await self.payloads.unpack(request.data, hdrs) if headers.PAYLOAD_REF in hdrs else request.data
-        incoming = Incoming(request.subject, codec.decode(body, content_type), content_type, hdrs, request_id)
+        incoming = Incoming(request.subject, codec.decode(body, content_type), content_type, hdrs, request_id,
+                            request._msg.reply)  # micro's Request has no public accessor for it
         result = await endpoint.handler(incoming)
-        if isinstance(result, Outgoing):
+        if isinstance(result, Outgoing) or result is NO_REPLY:
             return result
         return Outgoing(result, headers.JSON if content_type == headers.OCTETS else content_type)
 

@@ -49,6 +49,12 @@ class Conflict(BusError):
     status = 409
 
 
+class PreconditionFailed(BusError):
+    """The host lacks what the request needs (Aurae's FAILED_PRECONDITION: no cgroups for cells, say)."""
+
+    status = 412
+
+
 class TooLarge(BusError):
     status = 413
 
@@ -72,7 +78,8 @@ class Timeout(BusError):
 
 
 _BY_STATUS = {cls.status: cls for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict,
-                                           TooLarge, Unprocessable, Internal, Unavailable, Timeout)}
+                                           PreconditionFailed, TooLarge, Unprocessable, Internal, Unavailable,
+                                           Timeout)}
 
 
 def from_status(status: int, message: str, details: Mapping[str, Any] | None = None) -> BusError:

@@ -10,6 +10,7 @@ SYSTEMS = (
     "components.enarx.system:MANIFEST",
     "components.cyborg.system:MANIFEST",
     "components.conclave.system:MANIFEST",
+    "components.aurae.system:MANIFEST",
 )
 
 

@@ -108,4 +108,4 @@ async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float
         await asyncio.sleep(0.05)
 
 
-pytest_plugins = ["tests.conclave_fixtures"]
+pytest_plugins = ["tests.conclave_fixtures", "tests.aurae_fixtures"]

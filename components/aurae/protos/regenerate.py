@@ -1,7 +1,7 @@
 """Regenerate the committed Python stubs from the .proto files beside this module.
 
-    python -m adapters.unix.aurae_protos.regenerate          # rewrite the stubs
-    python -m adapters.unix.aurae_protos.regenerate --check  # exit 1 if they are stale
+    python -m components.aurae.protos.regenerate          # rewrite the stubs
+    python -m components.aurae.protos.regenerate --check  # exit 1 if they are stale
 
 Needs grpcio-tools (a development tool only; running teebus needs grpcio and protobuf).
 
