@@ -174,7 +174,12 @@ class Runtime(Component):
             else:
                 status = messages.status_name(outcome.status)
                 message, code = outcome.message, "" if outcome.exit_code is None else str(outcome.exit_code)
-            self._remember(await output.finish(status, message, code))
+            record = await output.finish(status, message, code)
+            self._remember(record)
+            self.spawn(self.events.publish("process", "ended", {   # no command: it may hold a secret
+                "pid": record.pid, "host": record.host, "kind": record.kind, "cell": record.cell,
+                "status": record.status, "exit_code": record.exit_code, "message": record.message,
+                "seconds": round((time.time_ns() - record.started_ns) / 1e9, 3)}), "process ended event", wait=False)
 
     def _remember(self, record: ProcessRecord) -> None:
         self.processes[record.pid] = record
