@@ -37,7 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, TypeVar
 
-import grpc
+# The runtime spawns processes from this same process, and under uvloop a spawn is a fork(): gRPC's
+# fork handlers then run in the child and sometimes abort it before it execs (SIGABRT/SIGSEGV in 1-3%
+# of spawns, bench/aurae_run.py). This server never forks itself, so it needs no fork support. The
+# setting is read when grpc is first imported, hence before the import.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import grpc  # noqa: E402  (after the setting above)
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc

@@ -28,7 +28,8 @@ Payloads are compared decoded: JSON, CBOR (byte strings and tag-37 UUIDs are val
 other, normalise.py), and octet-stream payloads too when the normaliser says they are CBOR items
 (`opaque_cbor`); an opaque payload the normaliser's `opener` can read (a mail encrypted to a
 scenario's client) is compared as what it reads; any other is compared byte for byte, bound values
-substituted.
+substituted. A text with random parts the normaliser names (`random_text`: a pid inside a message)
+is compared whole but for those parts, which must keep their shape.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
 from bus import headers as hdr
-from tests.replay.normalise import (Bindings, Normaliser, FieldPath, bindable, describe, fresh_like, same_shape,
-                                    show_path)
+from tests.replay.normalise import (Bindings, Normaliser, FieldPath, bindable, describe, fresh_like, random_parts,
+                                    same_shape, show_path)
 from tests.replay.recorder import DRIVER_INBOX, Recorder, is_driven, to_message
 from tests.replay.recording import Exchange, Message, Recording
 
@@ -185,8 +186,23 @@ class Checker:
         elif isinstance(recorded, list) and isinstance(replayed, list) and len(recorded) == len(replayed):
             for position, (left, right) in enumerate(zip(recorded, replayed)):
                 self.value(place, left, right, path + (str(position),))
+        elif isinstance(recorded, str) and isinstance(replayed, str) and self.normaliser.text_patterns(path):
+            self._text(place, recorded, replayed, path)
         elif not _equal(self.bindings.substitute(recorded), replayed):
             self.differ(place, f"payload at {show_path(path)}", recorded, replayed)
+
+    def _text(self, place: Place, recorded: str, replayed: str, path: FieldPath) -> None:
+        """A text with random parts (`Normaliser.random_text`): the parts by shape, the rest exactly."""
+        patterns = self.normaliser.text_patterns(path)
+        (expected, recorded_parts), (got, replayed_parts) = random_parts(recorded, patterns), random_parts(
+            replayed, patterns)
+        if expected != got:
+            self.differ(place, f"payload at {show_path(path)}", recorded, replayed)
+            return
+        for recorded_part, replayed_part in zip(recorded_parts, replayed_parts):
+            if not same_shape(recorded_part, replayed_part):
+                self.differ(place, f"payload at {show_path(path)} (random part)", recorded, replayed,
+                            f"shape {describe(recorded_part)} became {describe(replayed_part)}")
 
     def _objects(self, place: Place, recorded: dict, replayed: dict, path: FieldPath) -> None:
         for key in sorted(recorded.keys() | replayed.keys(), key=str):

@@ -10,6 +10,10 @@ one-to-one: seeing a recorded value again with a different replayed value (e.g. 
 key material than Create) is a difference, and so are two recorded values collapsing into one
 replayed value.
 
+Some texts are fixed but for a part (Aurae's "running as pid 4242 since <time>; restarts: 0"): a
+scenario names such parts by path and regex (`Normaliser.random_text`, `random_parts`); they are
+compared by shape (a decimal number stays one), the rest of the text exactly.
+
 CBOR payloads (Enarx) carry two more kinds of value: byte strings (a 16-byte UUID, a 32-byte
 measurement, a PEM certificate) and tag-37 UUIDs (`uuid.UUID`). Both are random values like any
 string: they have shapes and are bound. One UUID travels in three forms (text in subjects and JSON
@@ -21,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import secrets
 import string
 import uuid
@@ -59,9 +64,17 @@ class Normaliser:
     # ephemeral key, on every run): `opener(message)` returns what it reads in one (a value whose
     # random parts `random_paths` name), compared field by field; None: compare the bytes.
     opener: Callable[[Message], Any] | None = None
+    # Texts with random parts (Aurae's "running as pid 4242 since <time>"): (path, regex) pairs; at a
+    # matching path, what each group of the regex matches is random, compared by shape only (never
+    # bound: a short number would rewrite every later text holding it); the rest is compared exactly.
+    random_text: tuple[tuple[str, str], ...] = ()
 
     def is_random(self, path: FieldPath) -> bool:
         return any(_matches(pattern.split("."), path) for pattern in self.random_paths)
+
+    def text_patterns(self, path: FieldPath) -> list[re.Pattern[str]]:
+        """The `random_text` regexes that apply at `path` (none: the text is compared whole)."""
+        return [re.compile(regex) for pattern, regex in self.random_text if _matches(pattern.split("."), path)]
 
     def is_polled(self, subject: str) -> bool:
         return any(_matches(pattern.split("."), tuple(subject.split("."))) for pattern in self.polled_subjects)
@@ -73,6 +86,26 @@ def _matches(pattern: list[str], path: FieldPath) -> bool:
 
 def show_path(path: FieldPath) -> str:
     return ".".join(path) if path else "(whole payload)"
+
+
+RANDOM_PART = "<random>"
+
+
+def random_parts(text: str, patterns: list[re.Pattern[str]]) -> tuple[str, list[str]]:
+    """`text` with what the patterns' groups match replaced by RANDOM_PART, and those parts in order
+    (a part overlapping an earlier one is left in the text)."""
+    spans = sorted({match.span(group) for regex in patterns for match in regex.finditer(text)
+                    for group in range(1, (regex.groups or 0) + 1) if match.start(group) >= 0})
+    kept: list[tuple[int, int]] = []
+    for start, end in spans:
+        if not kept or start >= kept[-1][1]:
+            kept.append((start, end))
+    skeleton, parts, at = [], [], 0
+    for start, end in kept:
+        skeleton.append(text[at:start] + RANDOM_PART)
+        parts.append(text[start:end])
+        at = end
+    return "".join(skeleton) + text[at:], parts
 
 
 # --- shapes -------------------------------------------------------------------------------------
@@ -103,6 +136,8 @@ def shapes(value: Any) -> frozenset[Shape]:
 
 def _string_shapes(value: str) -> frozenset[Shape]:
     found: set[Shape] = set()
+    if value.isascii() and value.isdigit():
+        found.add(("decimal",))     # a number inside a text (`random_text`): a pid, an uptime
     version = _uuid_version(value)
     if version is not None:
         found.add(("uuid", version))
@@ -175,7 +210,7 @@ def describe(value: Any) -> str:
 def _describe(shape: Shape) -> str:
     if shape[0] == "path":
         return f"a path ending in {_describe(shape[1:])}"
-    names = {"uuid": "UUIDv{}", "timestamp": "timestamp", "hex": "{} hex digits",
+    names = {"uuid": "UUIDv{}", "timestamp": "timestamp", "decimal": "a decimal number", "hex": "{} hex digits",
              "base64": "base64 of {} bytes", "text": "text of {} chars", "list": "list of {}",
              "object": "object with keys {}", "bytes": "{} bytes", "pem": "PEM {}"}
     template = names.get(shape[0], shape[0])
