@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import statistics
 import sys
@@ -74,6 +73,7 @@ if __package__ in (None, ""):  # run as `python bench/aurae_run.py`
 import orjson
 
 from bench.bus_overhead import teebus_command
+from bench.figures import filesystem, percentile, progress
 from bench.processes import BenchError, Children, child_environment, machine_busy_seconds, run_until_done
 from bus import log, roles
 from bus.connection import connect
@@ -178,29 +178,10 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile (0.0 when empty)."""
-    ordered = sorted(values)
-    if not ordered:
-        return 0.0
-    return ordered[max(0, min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1))]
 
 
-def progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
-def filesystem(path: Path) -> str:
-    """The file system type `path` is on (the longest mount point of /proc/mounts above it)."""
-    target, best, kind = str(path.resolve()), "", "?"
-    for line in Path("/proc/mounts").read_text().splitlines():
-        parts = line.split()
-        if len(parts) < 3:
-            continue
-        mount = parts[1].replace("\\040", " ")
-        if (target == mount or target.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
-            best, kind = mount, parts[2]
-    return kind
 
 
 def tmpfs_available() -> bool:

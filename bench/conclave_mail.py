@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import statistics
 import sys
@@ -72,6 +71,7 @@ import aiohttp
 import orjson
 
 from bench.bus_overhead import teebus_command
+from bench.figures import filesystem, percentile, progress
 from bench.processes import BenchError, Children, machine_busy_seconds, run_until_done
 from bus import log, roles
 from bus.connection import connect
@@ -179,32 +179,12 @@ class Report:
         return max(self.baselines, key=lambda b: b.rps)
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile (0.0 when empty)."""
-    ordered = sorted(values)
-    if not ordered:
-        return 0.0
-    return ordered[max(0, min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1))]
 
 
-def progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 # --- where things live -----------------------------------------------------------------------
 
-def filesystem(path: Path) -> str:
-    """The file system type `path` is on (the longest mount point of /proc/mounts above it)."""
-    target, best, kind = str(path.resolve()), "", "?"
-    for line in Path("/proc/mounts").read_text().splitlines():
-        parts = line.split()
-        if len(parts) < 3:
-            continue
-        mount = parts[1].replace("\\040", " ")
-        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
-        if inside and len(mount) > len(best):
-            best, kind = mount, parts[2]
-    return kind
 
 
 def tmpfs_available() -> bool:

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import signal
 import statistics
@@ -71,6 +70,7 @@ import cbor2
 import wasmtime
 
 from bench.bus_overhead import teebus_command
+from bench.figures import percentile
 from bench.processes import (BenchError, Children, cpu_seconds, machine_busy_seconds,
                              python_module, run_until_done)
 from bus import log
@@ -133,12 +133,6 @@ WORKLOADS = {"hello": SOURCES["hello"], "compute": COMPUTE}
 
 # --- samples and their summaries ---------------------------------------------------------------
 
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile (0.0 when empty)."""
-    ordered = sorted(values)
-    if not ordered:
-        return 0.0
-    return ordered[max(0, min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1))]
 
 
 @dataclass

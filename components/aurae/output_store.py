@@ -35,6 +35,7 @@ from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
+from bus import streams
 from components.aurae import subjects
 from components.aurae.config import AuraeConfig
 
@@ -59,17 +60,7 @@ def stream_config(config: AuraeConfig, replicas: int) -> StreamConfig:
 
 async def ensure_stream(client: Client, config: AuraeConfig, replicas: int = 1) -> None:
     """Create the stream, or bring its limits to `config` (idempotent; replicas may race)."""
-    js = client.jetstream()
-    wanted = stream_config(config, replicas)
-    try:
-        await js.stream_info(subjects.OUTPUT_STREAM)
-    except NotFoundError:
-        try:
-            await js.add_stream(wanted)
-            return
-        except APIError:
-            pass     # created a moment ago by another component: bring it to our limits below
-    await js.update_stream(wanted)
+    await streams.ensure(client, stream_config(config, replicas))
 
 
 @dataclass

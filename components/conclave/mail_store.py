@@ -18,7 +18,7 @@ from nats.aio.client import Client
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
 
-from bus import headers, log
+from bus import headers, log, streams
 from bus.errors import Unavailable
 from components.conclave import subjects
 from components.conclave.config import ConclaveConfig
@@ -40,17 +40,7 @@ def stream_config(config: ConclaveConfig, replicas: int) -> StreamConfig:
 
 async def ensure_stream(client: Client, config: ConclaveConfig, replicas: int = 1) -> None:
     """Create the mailbox stream, or bring its limits to `config` (idempotent; replicas may race)."""
-    js = client.jetstream()
-    wanted = stream_config(config, replicas)
-    try:
-        await js.stream_info(subjects.MAIL_STREAM)
-    except NotFoundError:
-        try:
-            await js.add_stream(wanted)
-            return
-        except APIError:
-            pass     # another component created it a moment ago: bring it to our limits below
-    await js.update_stream(wanted)
+    await streams.ensure(client, stream_config(config, replicas))
 
 
 async def store(client: Client, enclave: str, routing_hint: str, mail: bytes) -> None:
