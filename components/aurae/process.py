@@ -29,6 +29,7 @@ import asyncio
 import os
 import shlex
 import signal
+import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Mapping, Sequence
@@ -197,42 +198,81 @@ async def run(
     argv = [os.fspath(arg) for arg in argv]
     if not argv:
         raise ValueError("argv is empty")
-    loop = asyncio.get_running_loop()
     try:
-        transport, protocol = await loop.subprocess_exec(
-            lambda: _Protocol(loop),
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=dict(env) if env is not None else None,
-            cwd=cwd,
-            start_new_session=True,
-            pass_fds=tuple(pass_fds),
-        )
+        child = await _Child.spawn(argv, env, cwd, pass_fds)
     except OSError as exc:
         return _not_started(argv[0], cwd, exc)
     try:
-        return await _supervise(transport, protocol, limits, on_start, on_output)
+        return await _supervise(child, limits, on_start, on_output)
     finally:
-        transport.close()  # releases pipes a leftover process may still hold; the child is reaped
+        child.close()  # releases pipes a leftover process may still hold; the child is reaped
 
 
-class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
-    """asyncio's own protocol, plus `exited`, set when the process itself ends.
+class _Child:
+    """A started process: its pid, its two output streams, and `exited`, set when it ends.
 
-    Python 3.11 wakes `Process.wait()` only once every pipe is closed too, so a background child
-    that keeps stdout open would hold the run (and its timeout) hostage; `exited` does not wait.
+    Spawned with subprocess.Popen (vfork + exec: about a millisecond however large this process is)
+    rather than the loop's subprocess_exec, which under uvloop forks the whole process (8-10 ms per
+    spawn measured, bench/aurae_run.py). Its end is seen through a pidfd on the loop, so nothing
+    waits in a thread and `exited` does not wait for the pipes (a background child that keeps stdout
+    open must not hold the run, or its timeout, hostage).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(limit=READ_CHUNK, loop=loop)
-        self.exited: asyncio.Future[None] = loop.create_future()
+    def __init__(self, process: subprocess.Popen, stdout: asyncio.StreamReader, stderr: asyncio.StreamReader,
+                 transports: list[asyncio.BaseTransport], exited: asyncio.Future[None]) -> None:
+        self.process, self.stdout, self.stderr = process, stdout, stderr
+        self._transports, self.exited = transports, exited
 
-    def process_exited(self) -> None:
-        super().process_exited()
-        if not self.exited.done():
-            self.exited.set_result(None)
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    @classmethod
+    async def spawn(cls, argv: list[str], env: Mapping[str, str] | None, cwd: str | os.PathLike[str] | None,
+                    pass_fds: Sequence[int]) -> "_Child":
+        loop = asyncio.get_running_loop()
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True,
+                                   pass_fds=tuple(pass_fds), close_fds=True)
+        readers, transports = [], []
+        try:
+            for pipe in (process.stdout, process.stderr):
+                reader = asyncio.StreamReader(limit=READ_CHUNK, loop=loop)
+                transport, _ = await loop.connect_read_pipe(
+                    lambda r=reader: asyncio.StreamReaderProtocol(r, loop=loop), pipe)
+                readers.append(reader)
+                transports.append(transport)
+            return cls(process, readers[0], readers[1], transports, _exit_of(process, loop))
+        except BaseException:           # started but not watched: end it here rather than leave it
+            _killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            for transport in transports:
+                transport.close()
+            raise
+
+    def close(self) -> None:
+        for transport in self._transports:
+            transport.close()
+
+
+def _exit_of(process: subprocess.Popen, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+    """A future set when `process` has ended (and been reaped), watched through a pidfd."""
+    exited: asyncio.Future[None] = loop.create_future()
+    pidfd = os.pidfd_open(process.pid)
+
+    def ended() -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        process.wait()           # it has ended: this reaps it at once
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(pidfd, ended)
+    return exited
 
 
 def _not_started(binary: str, cwd: object, exc: OSError) -> Outcome:
@@ -243,25 +283,25 @@ def _not_started(binary: str, cwd: object, exc: OSError) -> Outcome:
     return Outcome(None, ERROR, None, None, False, "", "", message)
 
 
-async def _supervise(transport: asyncio.SubprocessTransport, protocol: _Protocol, limits: Limits,
-                     on_start: OnStart | None, on_output: OnOutput | None) -> Outcome:
-    pid = transport.get_pid()
+async def _supervise(child: _Child, limits: Limits, on_start: OnStart | None,
+                     on_output: OnOutput | None) -> Outcome:
+    pid = child.pid
     sink = _Sink(pid, on_output)
     captures = (Capture(STDOUT, limits), Capture(STDERR, limits))
     readers = [asyncio.create_task(_read(stream, cap, sink))
-               for stream, cap in zip((protocol.stdout, protocol.stderr), captures)]
+               for stream, cap in zip((child.stdout, child.stderr), captures)]
     try:
         if on_start is not None:
             await _call_safely(on_start, "on_start", pid)
-        timed_out, stopped_with = await _wait_or_stop(pid, protocol.exited, limits)
+        timed_out, stopped_with = await _wait_or_stop(pid, child.exited, limits)
         await _drain(pid, readers, limits)
     except BaseException:
         _killpg(pid, signal.SIGKILL)
         for task in readers:
             task.cancel()
-        await asyncio.shield(protocol.exited)
+        await asyncio.shield(child.exited)
         raise
-    return _outcome(pid, transport.get_returncode(), timed_out, stopped_with, limits, captures)
+    return _outcome(pid, child.returncode, timed_out, stopped_with, limits, captures)
 
 
 async def _wait_or_stop(pid: int, exited: asyncio.Future[None], limits: Limits) -> tuple[bool, str | None]:
