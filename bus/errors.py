@@ -50,7 +50,7 @@ class Conflict(BusError):
 
 
 class PreconditionFailed(BusError):
-    """The host lacks what the request needs (Aurae's FAILED_PRECONDITION: no cgroups for cells, say)."""
+    """The host lacks what the request needs (a kernel feature, a device): nothing the caller can fix."""
 
     status = 412
 

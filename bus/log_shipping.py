@@ -1,5 +1,5 @@
-"""Every process's log lines on the bus, for those allowed to watch them (an operator's tail, Aurae's
-daemon log stream).
+"""Every process's log lines on the bus, for those allowed to watch them (an operator's tail, a
+system's stream of the daemon's log).
 
 `install(client, role)` adds this process's lines, after redaction, to a bounded queue that one task
 publishes on `$TEEBUS.log.<role>` (plain NATS: a live view, not a store; the process's own stderr

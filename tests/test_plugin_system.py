@@ -240,3 +240,16 @@ def test_the_host_of_a_system_process_names_it_by_manifest(capsys):
     assert host.main(["nosuch.keep"]) == 2 and "unknown system 'nosuch'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="declares no host 'nope'"):
         host.main(["enarx.nope"])
+
+
+def test_the_kernel_names_no_system():
+    """bus/ serves every system and names none, not even in a comment: each declares itself."""
+    from teebus.systems import installed
+
+    repo = Path(__file__).resolve().parent.parent
+    names = [manifest.name for manifest in installed()]
+    offenders = [f"{path.relative_to(repo)}:{number}: {name}"
+                 for path in (repo / "bus").rglob("*.py")
+                 for number, line in enumerate(path.read_text().splitlines(), 1)
+                 for name in names if name in line.lower()]
+    assert offenders == []
