@@ -13,8 +13,6 @@ ends with its replay (the scenario disables it).
 
 from __future__ import annotations
 
-import itertools
-import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -23,15 +21,15 @@ from typing import Any, Callable
 import pytest
 
 from bus import headers as hdr, procfs
-from bus.testing import running_bus
 from components.aurae import subjects
 from components.aurae.system import MANIFEST
+from tests.replay.fresh import assert_dumps_and_loads, by_components, driven, fresh_deployments, reply_of
 from tests.replay.harness import ReplayReport, replay
 from tests.replay.record_aurae import (AURAE_NORMALISER, DRIVER_INBOX, DRIVER_ROLE, HOST, MISSING, MISSING_MESSAGE,
                                        QUOTED, QUOTED_STDOUT, RECORDING, SHELL, TICKER, pid_in,
                                        record_aurae, running_aurae)
-from tests.replay.recorder import DRIVER_INBOX as DRIVER_INBOX_FIELD, is_driven
-from tests.replay.recording import Exchange, Message, Recording
+from tests.replay.recorder import DRIVER_INBOX as DRIVER_INBOX_FIELD
+from tests.replay.recording import Exchange, Recording
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,14 +56,7 @@ OUTPUT_PREFIX = subjects.output_filter().removesuffix(">")
 @pytest.fixture
 def fresh_aurae(tmp_path: Path) -> Callable:
     """Factory: run `use(bus, connect_as)` on a nats-server of its own, on a new data directory."""
-    numbers = itertools.count()
-
-    async def run(use: Callable) -> Any:
-        async with running_bus(tmp_path / f"deployment-{next(numbers)}", [MANIFEST]) as bus:
-            async with bus.scope() as scope:
-                return await use(bus, scope.connect)
-
-    return run
+    return fresh_deployments(tmp_path, [MANIFEST])
 
 
 @pytest.fixture
@@ -82,16 +73,14 @@ def replay_into_fresh_aurae(fresh_aurae) -> Callable:
 
 
 def _driven(recording: Recording) -> list[Exchange]:
-    return [exchange for exchange in recording.exchanges if is_driven(exchange, DRIVER_INBOX)]
+    return driven(recording, DRIVER_INBOX)
 
 
 def _by_components(recording: Recording) -> list[Exchange]:
-    return [exchange for exchange in recording.exchanges if not is_driven(exchange, DRIVER_INBOX)]
+    return by_components(recording, DRIVER_INBOX)
 
 
-def _reply(exchange: Exchange) -> Message:
-    assert exchange.reply is not None
-    return exchange.reply
+_reply = reply_of
 
 
 def _answer(recording: Recording, position: int) -> Any:
@@ -265,10 +254,7 @@ async def test_a_live_recording_replays_green(fresh_aurae, replay_into_fresh_aur
     recording = await fresh_aurae(record_aurae)
 
     _check_aurae_shape(recording)
-    path = tmp_path / "live.jsonl"
-    recording.dump(path)
-    assert Recording.load(path) == recording, "a dumped recording loads back unchanged"
-    assert os.path.getsize(path) < 64 * 1024, "small enough to review and commit"
+    assert_dumps_and_loads(recording, tmp_path)
     committed = Recording.load(RECORDING)
     assert [e.request.data for e in _driven(recording)] == [e.request.data for e in _driven(committed)], \
         "fixed commands: every run sends the same bytes"

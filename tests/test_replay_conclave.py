@@ -11,7 +11,6 @@ replay green. A live recording replays green too.
 
 from __future__ import annotations
 
-import itertools
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -20,16 +19,16 @@ from typing import Any, Callable
 import pytest
 
 from bus import headers as hdr
-from bus.testing import running_bus
 from components.conclave import messages, subjects
 from components.conclave.system import MANIFEST
 from tests import conclave_wire as wire
+from tests.replay.fresh import assert_dumps_and_loads, by_components, driven, fresh_deployments, reply_of
 from tests.replay.harness import ReplayReport, replay
 from tests.replay.record_conclave import (ALICE, BOB, CONCLAVE_NORMALISER, DRIVER_INBOX, DRIVER_ROLE,
                                           ENCLAVE_SECRETS, GREETING, HELLO, RECORDING, RELAY, read_payload,
                                           record_conclave, running_conclave)
-from tests.replay.recorder import DRIVER_INBOX as DRIVER_INBOX_FIELD, is_driven
-from tests.replay.recording import Exchange, Message, Recording
+from tests.replay.recorder import DRIVER_INBOX as DRIVER_INBOX_FIELD
+from tests.replay.recording import Exchange, Recording
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -56,14 +55,7 @@ STORED_MAIL = subjects.stored_mail(RELAY, BOB.correlation_id)
 @pytest.fixture
 def fresh_conclave(tmp_path: Path) -> Callable:
     """Factory: run `use(bus, connect_as)` on a nats-server of its own, on a new data directory."""
-    numbers = itertools.count()
-
-    async def run(use: Callable) -> Any:
-        async with running_bus(tmp_path / f"deployment-{next(numbers)}", [MANIFEST]) as bus:
-            async with bus.scope() as scope:
-                return await use(bus, scope.connect)
-
-    return run
+    return fresh_deployments(tmp_path, [MANIFEST])
 
 
 @pytest.fixture
@@ -81,16 +73,14 @@ def replay_into_fresh_conclave(fresh_conclave) -> Callable:
 
 
 def _driven(recording: Recording) -> list[Exchange]:
-    return [exchange for exchange in recording.exchanges if is_driven(exchange, DRIVER_INBOX)]
+    return driven(recording, DRIVER_INBOX)
 
 
 def _by_components(recording: Recording) -> list[Exchange]:
-    return [exchange for exchange in recording.exchanges if not is_driven(exchange, DRIVER_INBOX)]
+    return by_components(recording, DRIVER_INBOX)
 
 
-def _reply(exchange: Exchange) -> Message:
-    assert exchange.reply is not None
-    return exchange.reply
+_reply = reply_of
 
 
 def _said(exchange: Exchange) -> dict[str, Any]:
@@ -256,10 +246,7 @@ async def test_a_live_recording_replays_green(fresh_conclave, replay_into_fresh_
     recording = await fresh_conclave(record_conclave)
 
     _check_conclave_shape(recording)
-    path = tmp_path / "live.jsonl"
-    recording.dump(path)
-    assert Recording.load(path) == recording, "a dumped recording loads back unchanged"
-    assert os.path.getsize(path) < 64 * 1024, "small enough to review and commit"
+    assert_dumps_and_loads(recording, tmp_path)
     committed = Recording.load(RECORDING)
     assert [e.request.data for e in _driven(recording)] == [e.request.data for e in _driven(committed)], \
         "fixed keys: every run sends the same bytes"

@@ -11,23 +11,21 @@ green. A live recording replays green too.
 
 from __future__ import annotations
 
-import itertools
-import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import pytest
 
 from bus import headers as hdr
-from bus.testing import running_bus
 from components.cyborg import subjects
 from components.cyborg.system import MANIFEST
+from tests.replay.fresh import assert_dumps_and_loads, by_components, driven, fresh_deployments, reply_of
 from tests.replay.harness import ReplayReport, replay
 from tests.replay.record_cyborg import (CRYPTO, CYBORG_NORMALISER, DRIVER_INBOX, DRIVER_ROLE, GPU, HOST, OTHER,
                                         RECORDING, record_cyborg, running_conductor)
-from tests.replay.recorder import DRIVER_INBOX as DRIVER_INBOX_FIELD, is_driven
-from tests.replay.recording import Exchange, Message, Recording
+from tests.replay.recorder import DRIVER_INBOX as DRIVER_INBOX_FIELD
+from tests.replay.recording import Exchange, Recording
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -57,14 +55,7 @@ REVISIONS = {FULL_REPORT: 2, EVERYTHING: 2, SINCE_FIRST: 2, SECOND_REPORT: 4, OT
 @pytest.fixture
 def fresh_cyborg(tmp_path: Path) -> Callable:
     """Factory: run `use(bus, connect_as)` on a nats-server of its own, on a new data directory."""
-    numbers = itertools.count()
-
-    async def run(use: Callable) -> Any:
-        async with running_bus(tmp_path / f"deployment-{next(numbers)}", [MANIFEST]) as bus:
-            async with bus.scope() as scope:
-                return await use(bus, scope.connect)
-
-    return run
+    return fresh_deployments(tmp_path, [MANIFEST])
 
 
 @pytest.fixture
@@ -81,16 +72,14 @@ def replay_into_fresh_conductor(fresh_cyborg) -> Callable:
 
 
 def _driven(recording: Recording) -> list[Exchange]:
-    return [exchange for exchange in recording.exchanges if is_driven(exchange, DRIVER_INBOX)]
+    return driven(recording, DRIVER_INBOX)
 
 
 def _by_components(recording: Recording) -> list[Exchange]:
-    return [exchange for exchange in recording.exchanges if not is_driven(exchange, DRIVER_INBOX)]
+    return by_components(recording, DRIVER_INBOX)
 
 
-def _reply(exchange: Exchange) -> Message:
-    assert exchange.reply is not None
-    return exchange.reply
+_reply = reply_of
 
 
 def _check_cyborg_shape(recording: Recording) -> None:
@@ -205,10 +194,7 @@ async def test_a_live_recording_replays_green(fresh_cyborg, replay_into_fresh_co
     recording = await fresh_cyborg(record_cyborg)
 
     _check_cyborg_shape(recording)
-    path = tmp_path / "live.jsonl"
-    recording.dump(path)
-    assert Recording.load(path) == recording, "a dumped recording loads back unchanged"
-    assert os.path.getsize(path) < 64 * 1024, "small enough to review and commit"
+    assert_dumps_and_loads(recording, tmp_path)
 
     report = await replay_into_fresh_conductor(recording)   # another bus, another conductor
     report.assert_green()

@@ -12,7 +12,6 @@ replay (the scenario shuts its keep down; the keep manager stops any left over).
 from __future__ import annotations
 
 import itertools
-import os
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +25,7 @@ from bus.testing import running_bus
 from components.enarx import evidence, subjects
 from components.enarx.keep_processes import HOST
 from components.enarx.system import MANIFEST
+from tests.replay.fresh import assert_dumps_and_loads, driven, reply_of
 from tests.replay.harness import ReplayReport, decode, replay
 from tests.replay.normalise import Bindings, shapes
 from tests.replay.record_enarx import (DRIVER_INBOX, DRIVER_ROLE, ECHOED, ENARX_NORMALISER, RECORDING,
@@ -98,7 +98,7 @@ def replay_into_fresh_keepmgr(fresh_enarx) -> Callable:
 
 
 def _driven(recording: Recording) -> list[Exchange]:
-    return [exchange for exchange in recording.exchanges if is_driven(exchange, DRIVER_INBOX)]
+    return driven(recording, DRIVER_INBOX)
 
 
 def _by_components(recording: Recording) -> list[Exchange]:
@@ -107,9 +107,7 @@ def _by_components(recording: Recording) -> list[Exchange]:
             and not (exchange.reply is None and ENARX_NORMALISER.is_polled(exchange.request.subject))]
 
 
-def _reply(exchange: Exchange) -> Message:
-    assert exchange.reply is not None
-    return exchange.reply
+_reply = reply_of
 
 
 def _value(message: Message) -> Any:
@@ -251,10 +249,7 @@ async def test_a_live_recording_replays_green(fresh_enarx, replay_into_fresh_kee
     recording = await fresh_enarx(record_enarx)
 
     _check_enarx_shape(recording)
-    path = tmp_path / "live.jsonl"
-    recording.dump(path)
-    assert Recording.load(path) == recording, "a dumped recording loads back unchanged"
-    assert os.path.getsize(path) < 64 * 1024, "small enough to review and commit"
+    assert_dumps_and_loads(recording, tmp_path)
 
     report = await replay_into_fresh_keepmgr(recording)   # another bus, keep manager and keep
     report.assert_green()

@@ -18,12 +18,13 @@ import pytest
 from bus import headers as hdr
 from bus.requester import Requester
 from components.mesatee import subjects
+from tests.replay.fresh import by_components, driven, reply_of
 from tests.replay.harness import ReplayReport, replay
 from tests.replay.record_mesatee import (DRIVER_INBOX, DRIVER_ROLE, GOLDEN, MESATEE_NORMALISER, RECORDING,
                                          after_reply, ensure_users, read_result, record_mesatee,
                                          running_mesatee)
-from tests.replay.recorder import DRIVER_INBOX as DRIVER_INBOX_FIELD, is_driven
-from tests.replay.recording import Exchange, Message, Recording
+from tests.replay.recorder import DRIVER_INBOX as DRIVER_INBOX_FIELD
+from tests.replay.recording import Exchange, Recording
 
 # The driver's exchanges, by position among them: (subject, error code).
 DRIVEN = [
@@ -74,16 +75,14 @@ async def replay_into_fresh_mesatee(connect_as, tmp_path: Path) -> Callable:
 
 
 def _driven(recording: Recording) -> list[Exchange]:
-    return [exchange for exchange in recording.exchanges if is_driven(exchange, DRIVER_INBOX)]
+    return driven(recording, DRIVER_INBOX)
 
 
 def _by_components(recording: Recording) -> list[Exchange]:
-    return [exchange for exchange in recording.exchanges if not is_driven(exchange, DRIVER_INBOX)]
+    return by_components(recording, DRIVER_INBOX)
 
 
-def _reply(exchange: Exchange) -> Message:
-    assert exchange.reply is not None
-    return exchange.reply
+_reply = reply_of
 
 
 def _check_mesatee_shape(recording: Recording) -> None:
