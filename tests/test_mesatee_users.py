@@ -351,3 +351,9 @@ def test_the_verified_tokens_are_bounded_and_keyed():
         cache.put("u", digest, i)
     assert len(cache) == 2 and not cache.holds("u", digests[0], 0)
     assert cache.holds("u", digests[2], 2) and not cache.holds("u", digests[2], 3)   # another revision
+
+
+def test_a_new_token_never_looks_like_an_option():
+    from components.mesatee.user_store import new_token
+    tokens = [new_token() for _ in range(3000)]     # about 47 would begin with "-" by chance
+    assert not [t for t in tokens if t.startswith("-")] and len(set(tokens)) == 3000

@@ -65,7 +65,12 @@ def parse_token(value: Any) -> str:
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(NEW_TOKEN_BYTES)
+    """A new user token; never one that begins with `-`, which a command line would take for an
+    option (`--token -abc...` fails in argparse)."""
+    while True:
+        token = secrets.token_urlsafe(NEW_TOKEN_BYTES)
+        if not token.startswith("-"):
+            return token
 
 
 def token_bytes(token: str) -> bytes:
