@@ -5,10 +5,11 @@
              client pair the adapter created) calls runtime.Core/RunExecutable {"command": "true"} on
              the Aurae socket -> the `unix.aurae` adapter -> NATS -> the runtime component, which
              splits the command, spawns it (own session, stdout and stderr piped), records it in
-             AURAE_OUTPUT (a start record, two end markers and an end record, each a JetStream
-             publish whose ack it awaits; nats.conf says `sync_interval: always`, so each is an
-             fsync in nats-server), publishes `events.aurae.process.ended` and answers
-             ExecutableStatus, which the client checks (STATUS_COMPLETE, exit code 0).
+             AURAE_OUTPUT (a start record, sent as the process starts and acknowledged before the
+             answer; two end markers and an end record, acknowledged after it; nats.conf says
+             `sync_interval: always`, so each is an fsync in nats-server), publishes
+             `events.aurae.process.ended` and answers ExecutableStatus, which the client checks
+             (STATUS_COMPLETE, exit code 0).
     bus      (informative) the same request straight on the bus, as the adapter sends it: a NATS
              request of the `adapter` role to `aurae.runtime.run_executable.<host>`, no gRPC.
 
@@ -24,7 +25,7 @@ Two shapes of load, each `--calls` calls per side:
 Latency is each call's own, from its start to its answer; calls/s is calls over the time its
 waves (or blocks) took. Before the runs, probes time, one call at a time with the node idle: a gRPC
 Status (the whole path without a process or JetStream) and one JetStream publish with its ack on
-this bus (what the runtime waits for four times per call).
+this bus (what the runtime waits for once per call, while the process runs).
 
 The CPU table says where the time goes: CPU µs per call of this process (the client, or the
 spawner for direct), the node (adapter, runtime and observe on one event loop), nats-server, and the
@@ -95,7 +96,7 @@ READY_TIMEOUT = 30.0
 CALL_TIMEOUT = 60.0
 PROBE_COUNT = 200           # probe calls, at most ...
 PROBE_SECONDS = 1.0         # ... or this long
-JS_AWAITED_PER_CALL = 4     # the runtime's awaited JetStream publishes per run (output_writer.py)
+JS_AWAITED_PER_CALL = 1     # the runtime's JetStream acks awaited before its answer (output_writer.py)
 SHM = Path("/dev/shm")
 GRPC_FORK_SUPPORT = "GRPC_ENABLE_FORK_SUPPORT"
 SIDES = ("direct", "bus", "aurae")

@@ -14,6 +14,7 @@ A handler that answers on its own (opening a feed, bus/feeds.py) returns `NO_REP
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,18 @@ class Incoming:
     headers: dict[str, str]
     request_id: str
     reply: str = ""      # the requester's reply subject: a handler that answers itself (a feed) needs it
+    received: float = 0.0  # the loop's time when it arrived
+
+    def seconds_left(self) -> float | None:
+        """How long the requester still waits for the answer (its Teebus-Timeout header), or None
+        when it did not say; never below 0."""
+        try:
+            timeout = float(self.headers.get(headers.TIMEOUT, ""))
+        except ValueError:
+            return None
+        if not math.isfinite(timeout) or timeout <= 0:
+            return None
+        return max(0.0, timeout - (asyncio.get_running_loop().time() - self.received))
 
 
 @dataclass(slots=True)
@@ -293,10 +306,11 @@ class Component:
 
     async def _handle(self, endpoint: Endpoint, request: Request, hdrs: dict[str, str],
                       request_id: str) -> Outgoing | Any:
+        received = asyncio.get_running_loop().time()
         content_type = codec.content_type_of(hdrs)
         body = await self.payloads.unpack(request.data, hdrs) if headers.PAYLOAD_REF in hdrs else request.data
         incoming = Incoming(request.subject, codec.decode(body, content_type), content_type, hdrs, request_id,
-                            request._msg.reply)  # micro's Request has no public accessor for it
+                            request._msg.reply, received)  # micro's Request has no accessor for reply
         result = await endpoint.handler(incoming)
         if isinstance(result, Outgoing) or result is NO_REPLY:
             return result

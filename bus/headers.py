@@ -2,6 +2,9 @@
 
 CONTENT_TYPE = "Content-Type"
 REQUEST_ID = "Teebus-Request-Id"
+# How long the requester waits for the reply, in seconds (decimal): work past it is wasted, so a
+# handler that can stop early (a process it started) reads `Incoming.seconds_left()`.
+TIMEOUT = "Teebus-Timeout"
 # Set when the body travelled through the payload stream (bus/payloads.py): its name, its chunks,
 PAYLOAD_REF = "Teebus-Payload-Ref"
 PAYLOAD_CHUNKS = "Teebus-Payload-Chunks"

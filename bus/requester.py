@@ -65,7 +65,7 @@ class Requester:
         """
         timeout = timeout or self.timeout
         request_id = request_id or log.current_request_id() or log.new_request_id()
-        hdrs = {headers.REQUEST_ID: request_id}
+        hdrs = {headers.REQUEST_ID: request_id, headers.TIMEOUT: f"{timeout:.3f}"}
         if content_type != headers.JSON:  # JSON is the default and goes unnamed, as replies do
             hdrs[headers.CONTENT_TYPE] = content_type
         if extra_headers:

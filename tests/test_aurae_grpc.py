@@ -7,6 +7,7 @@ Each test runs a node of its own (`start_node`) for a host of its own, so subjec
 from __future__ import annotations
 
 import asyncio
+import grp
 import os
 import stat
 import sys
@@ -27,6 +28,7 @@ from components.aurae.protos import (meta_pb2, observe_pb2, observe_pb2_grpc, ru
 from bus import log, procfs
 from components.aurae import pki
 from components.aurae.client import AuraeClient, AuraeError
+from components.aurae.config import AuraeConfig
 from teebus.launcher import Node
 from tests.conftest import eventually
 
@@ -141,6 +143,20 @@ async def test_socket_is_private_and_removed_at_stop(aurae: Aurae) -> None:
     assert not aurae.socket.exists()
 
 
+async def test_a_socket_group_shares_the_socket_with_that_group(start_aurae: StartAurae) -> None:
+    group = grp.getgrgid(os.getgid() if os.getuid() else 1)   # as root any group; else one we are in
+    aurae = await start_aurae(socket_group=group.gr_name)
+    info = aurae.socket.lstat()
+    assert stat.S_IMODE(info.st_mode) == adapter.GROUP_SOCKET_MODE == 0o660 and info.st_gid == group.gr_gid
+    assert (await aurae.run("true")).status == meta_pb2.STATUS_COMPLETE
+
+
+def test_a_socket_group_this_machine_lacks_is_refused_at_once() -> None:
+    with pytest.raises(ValueError, match="no group named 'no-such-group-x'"):
+        AuraeConfig(socket_group="no-such-group-x")
+    assert AuraeConfig(socket_group="4242").socket_gid() == 4242
+
+
 async def test_stale_socket_is_replaced_and_a_live_one_refused(start_aurae: StartAurae, tmp_path: Path) -> None:
     import socket as sockets
     stale = tmp_path / "stale.sock"
@@ -210,11 +226,33 @@ async def test_run_executable_timeout(start_aurae: StartAurae) -> None:
     assert time.monotonic() - began < 5
 
 
-async def test_the_client_deadline_bounds_the_call(aurae: Aurae) -> None:
+async def test_the_client_deadline_stops_the_process(aurae: Aurae) -> None:
+    """The deadline travels over the bus: the process is stopped in time for the caller to hear why."""
     began = time.monotonic()
-    error = await failure(aurae.run("sleep 3", timeout=1.0))   # the process runs on: it only keeps teardown short
-    assert error.code() == Code.DEADLINE_EXCEEDED
-    assert time.monotonic() - began < 2.5
+    reply = await aurae.run("sleep 30", timeout=1.0)
+    assert time.monotonic() - began < 1.0
+    assert reply.status == meta_pb2.STATUS_ERROR and reply.exit_code == ""
+    assert reply.meta.message.startswith("the caller's deadline came first: timed out after 0.7")
+    assert "stopped with SIGTERM" in reply.meta.message
+    with pytest.raises(ProcessLookupError):
+        os.kill(reply.proc.pid, 0)
+
+
+async def test_a_process_deaf_to_sigterm_dies_after_the_deadline_and_its_grace(aurae: Aurae, tmp_path: Path) -> None:
+    pid_file = tmp_path / "deaf.pid"
+    began = time.monotonic()
+    error = await failure(aurae.run(f"sh -c 'trap \"\" TERM; echo $$ > {pid_file}; sleep 30'", timeout=0.6))
+    assert error.code() == Code.DEADLINE_EXCEEDED and time.monotonic() - began < 2.0
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 5.0                 # 0.35 s timeout + 1 s grace, then SIGKILL
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"the process {pid} still runs 5 s after its caller's deadline")
 
 
 async def test_unbalanced_quote_is_invalid_argument(aurae: Aurae) -> None:

@@ -36,7 +36,12 @@ class EchoComponent(Component):
                 Endpoint("slow", "kerneltest.testecho.slow", self.slow),
                 Endpoint("slow_inline", "kerneltest.testecho.slowinline", self.slow, inline=True),
                 Endpoint("fail_inline", "kerneltest.testecho.failinline", self.fail, inline=True),
-                Endpoint("refuse", "kerneltest.testecho.refuse", self.refuse)]
+                Endpoint("refuse", "kerneltest.testecho.refuse", self.refuse),
+                Endpoint("left", "kerneltest.testecho.left", self.seconds_left)]
+
+    async def seconds_left(self, incoming: Incoming) -> float | None:
+        await asyncio.sleep(incoming.payload)
+        return incoming.seconds_left()
 
     async def refuse(self, incoming: Incoming) -> None:
         raise Unprocessable("the input was fine but is refused", details={"why": incoming.payload,
@@ -285,10 +290,21 @@ async def test_json_requests_carry_only_the_request_id_and_others_name_their_typ
     await listener.subscribe("kerneltest.testheaders.echo", cb=answer)
     await listener.flush()
     requester = Requester(await connect_as("adapter"))
-    await requester.request("kerneltest.testheaders.echo", {"a": 1}, request_id="rid-json")
+    await requester.request("kerneltest.testheaders.echo", {"a": 1}, request_id="rid-json", timeout=2)
     await requester.request("kerneltest.testheaders.echo", {"a": 1}, content_type=headers.CBOR, request_id="rid-cbor")
-    assert seen == [{headers.REQUEST_ID: "rid-json"},
-                    {headers.REQUEST_ID: "rid-cbor", headers.CONTENT_TYPE: headers.CBOR}]
+    assert seen == [{headers.REQUEST_ID: "rid-json", headers.TIMEOUT: "2.000"},
+                    {headers.REQUEST_ID: "rid-cbor", headers.TIMEOUT: "5.000", headers.CONTENT_TYPE: headers.CBOR}]
+
+
+async def test_a_handler_knows_how_long_its_caller_still_waits(start_component, connect_as):
+    await start_component(EchoComponent)
+    requester = Requester(await connect_as("adapter"))
+    left = (await requester.request("kerneltest.testecho.left", 0.3, timeout=3)).payload
+    assert 2.5 < left < 2.71
+    raw = await connect_as("adapter")          # a caller that does not say (the NATS CLI, say)
+    for hdrs in (None, {headers.TIMEOUT: "soon"}, {headers.TIMEOUT: "nan"}, {headers.TIMEOUT: "-1"}):
+        reply = await raw.request("kerneltest.testecho.left", b"0", headers=hdrs, timeout=3)
+        assert orjson.loads(reply.data) is None
 
 
 async def test_replies_find_their_own_request_and_a_late_one_is_dropped(connect_as):

@@ -10,7 +10,8 @@ schedule.Schedule (never served by Aurae itself), grpc.health.v1 and server refl
 
 Socket: `config.socket`, else `<data-dir>/aurae/aurae.sock`. It is created 0600 (Aurae made it
 0766): the client certificate proves who calls, the file mode keeps other local users from even
-starting a handshake, as for every teebus socket (adapters/unix/server.py). A path longer than an
+starting a handshake, as for every teebus socket (adapters/unix/server.py). `socket_group` (the
+`--aurae.socket-group` option) gives it to a group, mode 0660, for clients running as other users. A path longer than an
 AF_UNIX address holds is bound through /proc/self/fd (`reachable`); a stale socket is removed, a
 live one refused. The PKI (`<data-dir>/aurae/pki`, components/aurae/pki.py) is created on first
 start; every client must present a certificate of its CA.
@@ -63,6 +64,7 @@ Code = grpc.StatusCode
 
 ROLE = "adapter"
 SOCKET_MODE = 0o600
+GROUP_SOCKET_MODE = 0o660            # with --aurae.socket-group
 STOP_GRACE = 5.0                  # s unary calls may take to finish once a stop begins
 CALL_TIMEOUT = 30.0               # s for a bus request that runs no process
 RUN_MARGIN = 15.0                 # s beyond a process's own timeout and grace, for the reply to travel
@@ -440,8 +442,22 @@ class AuraeSocket:
             os.umask(old_umask)
         if not bound or not self.path.exists():
             raise OSError(f"cannot serve the Aurae socket {self.path}: {reason}")
-        os.chmod(self.path, SOCKET_MODE)
         self._inode = self.path.stat().st_ino
+        self._share_with_group()
+
+    def _share_with_group(self) -> None:
+        """0600, or 0660 owned by `socket_group`; the socket is not served if that cannot be done."""
+        gid = self.config.socket_gid()
+        if gid is None:
+            os.chmod(self.path, SOCKET_MODE)
+            return
+        try:
+            os.chown(self.path, -1, gid)
+        except PermissionError:
+            self._remove_socket()
+            raise OSError(f"cannot give the Aurae socket {self.path} to group {self.config.socket_group!r}: "
+                          "this user is not a member of it (add it with `usermod -aG`, or run as root)") from None
+        os.chmod(self.path, GROUP_SOCKET_MODE)
 
     async def stop(self) -> None:
         """NOT_SERVING first, then no new calls, log streams ended (UNAVAILABLE), unary calls given

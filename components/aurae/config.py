@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import re
 import socket
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ class AuraeConfig:
     socket: str = field(default="", metadata=option(
         "--aurae.socket", "the gRPC socket (default <data-dir>/aurae/aurae.sock; Aurae's own is "
         "/var/run/aurae/aurae.sock)", metavar="PATH"))
+    socket_group: str = field(default="", metadata=option(
+        "--aurae.socket-group", "let this group's members use the socket too (mode 0660; default: only "
+        "this user, 0600); a group name or number", metavar="GROUP"))
     timeout_seconds: float = field(default=300.0, metadata=option(
         "--aurae.timeout", "a RunExecutable process is stopped after this long (default 300)", metavar="SECONDS"))
     grace_seconds: float = 5.0                 # SIGTERM, then SIGKILL after this long
@@ -33,9 +37,23 @@ class AuraeConfig:
     restart_backoff_seconds: float = 1.0       # a scheduled executable's first restart delay (doubles)
     restart_backoff_max_seconds: float = 60.0
 
+    def socket_gid(self) -> int | None:
+        """The socket's group id (None: no group); ValueError for a group this machine lacks."""
+        if not self.socket_group:
+            return None
+        try:
+            return grp.getgrnam(self.socket_group).gr_gid
+        except KeyError:
+            if self.socket_group.isdigit():
+                return int(self.socket_group)
+            raise ValueError(f"socket_group: no group named {self.socket_group!r} on this machine "
+                             "(`getent group` lists them)") from None
+
     def __post_init__(self) -> None:
         if not _HOST.fullmatch(self.host):
             raise ValueError(f"host must be a host name, not {self.host!r}")
+        if self.socket_group:
+            self.socket_gid()                   # the group must exist here
         if not 0 < self.timeout_seconds <= 7 * 86_400:
             raise ValueError(f"timeout_seconds must be above 0 and at most a week, not {self.timeout_seconds}")
         for name in ("grace_seconds", "output_kept_seconds", "restart_backoff_seconds",

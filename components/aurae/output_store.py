@@ -26,7 +26,7 @@ its pid.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -81,7 +81,7 @@ class ProcessRecord:
     start_seq: int = 0            # the stream sequence of the start record (0: unknown)
 
     def to_json(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return orjson.dumps(self)        # orjson writes dataclasses natively, ~20x faster than asdict
 
     @classmethod
     def from_json(cls, data: bytes, seq: int) -> "ProcessRecord":

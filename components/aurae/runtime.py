@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -35,6 +36,8 @@ from components.aurae.output_store import ProcessRecord
 from components.aurae.output_writer import ProcessOutput, QueueBudget
 from components.aurae.process import Limits, Outcome
 
+REPLY_MARGIN = 0.25         # s of the caller's deadline left for the answer to travel back
+MIN_TIMEOUT = 0.05
 KEPT_RECORDS = 4096          # ended processes remembered in memory (the stream keeps them longer)
 IMAGE_DEFAULT = "(the image's Entrypoint and Cmd)"
 
@@ -87,10 +90,12 @@ class Runtime(Component):
             started.append(pid)
             self._open_output(pid, request.command, "executable", "")
 
+        limits, by_caller = self._limits_for(incoming)
         outcome: Outcome | None = None
         with self._reserve(1):
             try:
-                outcome = await process.run(argv, self.limits, on_start=on_start, on_output=self._on_output)
+                outcome = await process.run(argv, limits, on_start=on_start, on_output=self._on_output)
+                outcome = _blame_deadline(outcome, by_caller)
             finally:
                 await self._finish_all(started, {outcome.pid: outcome} if outcome else {})
         self.log.info("executable ended", pid=outcome.pid, status=outcome.status, message=outcome.message)
@@ -111,10 +116,11 @@ class Runtime(Component):
             started[container] = pid
             self._open_output(pid, commands[container], "container", request.name)
 
+        limits, by_caller = self._limits_for(incoming)
         outcome: cells.CellOutcome | None = None
         with self._reserve(len(specs)):
             try:
-                outcome = await cells.run_cell(request.name, specs, self.limits, work_dir=self.work_dir,
+                outcome = await cells.run_cell(request.name, specs, limits, work_dir=self.work_dir,
                                                support=support, on_start=on_start, on_output=self._on_output)
             except CellUnsupported as exc:
                 raise PreconditionFailed(exc.message) from None
@@ -143,6 +149,18 @@ class Runtime(Component):
         return self._support
 
     # --- what every run shares -------------------------------------------------------------------
+
+    def _limits_for(self, incoming: Incoming) -> tuple[Limits, bool]:
+        """The configured limits, with the timeout cut to the caller's deadline when that comes
+        first (a caller that gave up never gets the answer: the process would run for nobody).
+        True when the caller's deadline set the timeout."""
+        left = incoming.seconds_left()
+        if left is None:
+            return self.limits, False
+        by_caller = max(MIN_TIMEOUT, left - REPLY_MARGIN)
+        if self.limits.timeout_seconds is not None and by_caller >= self.limits.timeout_seconds:
+            return self.limits, False
+        return replace(self.limits, timeout_seconds=round(by_caller, 3)), True
 
     def _reserve(self, runs: int) -> "_Reservation":
         if self.running + runs > self.config.max_concurrent_runs:
@@ -175,6 +193,7 @@ class Runtime(Component):
                 status = messages.status_name(outcome.status)
                 message, code = outcome.message, "" if outcome.exit_code is None else str(outcome.exit_code)
             record = await output.finish(status, message, code)
+            self.spawn(output.drained(), f"process {pid} output", wait=True)
             self._remember(record)
             self.spawn(self.events.publish("process", "ended", {   # no command: it may hold a secret
                 "pid": record.pid, "host": record.host, "kind": record.kind, "cell": record.cell,
@@ -189,6 +208,13 @@ class Runtime(Component):
             if not self.processes[oldest].ended:
                 break
             del self.processes[oldest]
+
+
+def _blame_deadline(outcome: Outcome, by_caller: bool) -> Outcome:
+    """Say that it was the caller's deadline, not the configured timeout, that stopped the process."""
+    if not (by_caller and outcome.timed_out):
+        return outcome
+    return replace(outcome, message=f"the caller's deadline came first: {outcome.message}")
 
 
 class _Reservation:
