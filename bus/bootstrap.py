@@ -12,6 +12,8 @@ from bus import events, payloads
 
 
 async def prepare(client: Client, replicas: int = 1) -> None:
-    """Create what is missing, with `replicas` copies (idempotent; several nodes may race here)."""
+    """Create what is missing with `replicas` copies, and scale up what has fewer (idempotent;
+    several nodes may race here). Raises ReplicasRefused, with the fix in its message, when the
+    servers cannot keep `replicas` copies (bus/streams.py)."""
     await payloads.ensure_store(client, replicas)
     await events.ensure_stream(client, replicas)

@@ -25,7 +25,7 @@ from nats.aio.client import Client
 from nats.micro.request import Request
 from nats.micro.service import EndpointStats, Service
 
-from bus import codec, headers, log
+from bus import codec, headers, log, outages
 from bus.errors import BusError
 from bus.events import Events
 from bus.records import Records
@@ -294,8 +294,13 @@ class Component:
             self.log.info("request refused", status=exc.status, error=exc.message)
             await self._respond_error(request, exc.status, exc.message, request_id, exc.details,
                                       codec.content_type_of(request.headers))
-        except Exception:
+        except Exception as exc:
             counters.errors += 1
+            outage = outages.as_bus_error(exc)
+            if outage is not None:
+                self.log.warning("bus storage unavailable", status=outage.status, error=repr(exc))
+                await self._respond_error(request, outage.status, outage.message, request_id)
+                return
             self.log.exception("handler failed")
             await self._respond_error(request, 500, f"{self.service_name} failed on this request "
                                       f"(request id {request_id}); its log has the details", request_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import nats
 from nats.aio.client import Client
@@ -24,24 +24,38 @@ class BusConnectError(ConnectionError):
     """The first connection failed; the message says why (refused, wrong credentials, ...)."""
 
 
-def role_url(url: str, role: str, passwords: dict[str, str]) -> str:
-    """Put the role's user and password into `url`, unless the URL already carries credentials."""
-    parts = urlsplit(url)
-    if parts.username or role not in passwords:
-        return url
-    netloc = f"{role}:{passwords[role]}@{parts.hostname}:{parts.port or 4222}"
-    return urlunsplit((parts.scheme or "nats", netloc, parts.path, "", ""))
+def role_login(url: str, role: str, passwords: dict[str, str]) -> dict[str, str]:
+    """The role's user and password as connection options (so they serve every server of a
+    cluster, the announced ones too), unless the URL carries credentials of its own."""
+    if any(urlsplit(one).username for one in server_urls(url)) or role not in passwords:
+        return {}
+    return {"user": role, "password": passwords[role]}
+
+
+def server_urls(url: str) -> list[str]:
+    """The servers of `url`: one URL, or several separated by commas (a cluster's nodes)."""
+    urls = [part.strip() for part in url.split(",") if part.strip()]
+    if not urls:
+        raise ValueError(f"no NATS server in {url!r}: give nats://HOST:PORT, or several separated by commas")
+    return urls
 
 
 def _display(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}:{parts.port or 4222}"
+    shown = []
+    for one in server_urls(url):
+        parts = urlsplit(one)
+        shown.append(f"{parts.scheme}://{parts.hostname}:{parts.port or 4222}")
+    return ",".join(shown)
 
 
 async def connect(url: str, role: str, data_dir: Path | None = None, name: str | None = None,
                   passwords: dict[str, str] | None = None, auth_settle: float = AUTH_SETTLE_SECONDS,
                   **options) -> Client:
     """A NATS connection as `role`: fails fast and clearly at first, then reconnects forever.
+
+    `url` may name several servers, comma-separated (a cluster): the first connection goes to
+    any of them that answers (in random order, so a cluster's clients spread), and a lost one
+    fails over to the others and to the servers the cluster announces.
 
     Replies come to the role's own inbox prefix (bus/roles.py), the only one it may subscribe to.
     A refused login is retried for `auth_settle` seconds (a user just added becomes valid when the
@@ -77,11 +91,11 @@ async def _connect_once(url: str, role: str, name: str | None, passwords: dict[s
         _log.warning("nats connection error", client=name, error=str(exc))
 
     settings = dict(name=name or f"teebus-{role}", connect_timeout=2, max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.25, error_cb=on_error, inbox_prefix=inbox_prefix(role))
+                    reconnect_time_wait=0.25, error_cb=on_error, inbox_prefix=inbox_prefix(role),
+                    **role_login(url, role, passwords))
     settings.update(options)
     try:
-        client = await asyncio.wait_for(nats.connect(role_url(url, role, passwords), **settings),
-                                        FIRST_CONNECT_TIMEOUT)
+        client = await asyncio.wait_for(nats.connect(server_urls(url), **settings), FIRST_CONNECT_TIMEOUT)
     except asyncio.TimeoutError:
         reason = last_error[0] if last_error else "no answer"
         raise BusConnectError(f"cannot reach NATS at {_display(url)} as {role!r}: {reason}") from None

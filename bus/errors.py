@@ -55,6 +55,13 @@ class PreconditionFailed(BusError):
     status = 412
 
 
+class ReplicasRefused(PreconditionFailed):
+    """The deployment asks for more JetStream copies of an asset than its servers can keep (a single
+    server, a cluster too small). A BusError, so `teebus` prints just its message when a component's
+    setup or the bootstrap raises it, and a request that meets it gets it as a 412, not a traceback;
+    its own class, so callers and tests can tell it from other refusals."""
+
+
 class TooLarge(BusError):
     status = 413
 
@@ -71,6 +78,10 @@ class Internal(BusError):
 
 class Unavailable(BusError):
     status = 503
+
+
+class NoResponders(Unavailable):
+    """Nothing subscribes to the subject: no component serves it (as against one that answered 503)."""
 
 
 class Timeout(BusError):

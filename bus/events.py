@@ -8,9 +8,8 @@ from typing import Any
 import orjson
 from nats.aio.client import Client
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
 
-from bus import headers, log
+from bus import headers, log, streams
 
 STREAM = "EVENTS"
 SUBJECTS = "events.>"
@@ -37,15 +36,14 @@ def publish_permission(system: str) -> str:
 
 
 async def ensure_stream(client: Client, replicas: int = 1) -> None:
-    """Create the EVENTS stream if missing (idempotent; replicas may race here safely)."""
+    """Create the EVENTS stream if missing, or scale it up to `replicas` (idempotent; replicas may
+    race here safely: bus/streams.py). An existing one keeps its limits."""
     js = client.jetstream()
-    try:
-        await js.stream_info(STREAM)
-    except NotFoundError:
-        await js.add_stream(StreamConfig(
-            name=STREAM, subjects=[SUBJECTS], storage=StorageType.FILE, max_age=MAX_AGE_SECONDS,
-            max_bytes=MAX_BYTES, max_msg_size=MAX_EVENT_BYTES, discard=DiscardPolicy.OLD,
-            num_replicas=replicas, description="teebus state changes, replayable"))
+    config = StreamConfig(
+        name=STREAM, subjects=[SUBJECTS], storage=StorageType.FILE, max_age=MAX_AGE_SECONDS,
+        max_bytes=MAX_BYTES, max_msg_size=MAX_EVENT_BYTES, discard=DiscardPolicy.OLD,
+        num_replicas=replicas, description="teebus state changes, replayable")
+    await streams.ensure_replicas(client, STREAM, replicas, create=lambda: js.add_stream(config))
 
 
 class Events:

@@ -115,6 +115,9 @@ class Manifest:
     reads_logs: bool = False                                 # its components watch every process's log lines
     roles: tuple[RoleSpec, ...] = ()
     secret_fields: tuple[str, ...] = ()                      # message fields logs never show
+    # data-directory files holding a bus.sealing.MasterKey that opens what its components keep in
+    # shared buckets: every machine running them needs the same file (`teebus cluster init`)
+    shared_keys: tuple[str, ...] = ()
     verbs: str | None = None                                 # "module:register" for `teebus <system> ...`
     commands: tuple[CommandSpec, ...] = ()                   # top-level verbs (`teebus users ...`)
     demo: str | None = None        # "module:fn", `async fn(admin client)`: demo data for `teebus up --demo`

@@ -33,7 +33,7 @@ from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
 from nats.nuid import NUID
 
-from bus import headers, log
+from bus import headers, log, streams
 from bus.errors import TooLarge, Unavailable
 
 STREAM = "TEEBUS_PAYLOADS"
@@ -62,16 +62,15 @@ def principal_of(client: Client) -> str:
 
 
 async def ensure_store(client: Client, replicas: int = 1) -> None:
-    """Create the payload stream if this deployment has none yet (idempotent)."""
+    """Create the payload stream if this deployment has none yet, or scale it up to `replicas`
+    (idempotent; bus/streams.py). An existing one keeps its limits: an operator may have tuned them."""
     js = client.jetstream()
-    try:
-        await js.stream_info(STREAM)
-    except NotFoundError:
-        await js.add_stream(StreamConfig(
-            name=STREAM, description="teebus payloads above max_payload (sealed chunks, by sender)",
-            subjects=[f"{SUBJECT_PREFIX}.>"], max_age=TTL_SECONDS, max_bytes=STORE_BYTES,
-            max_msgs_per_subject=1, discard=DiscardPolicy.NEW, storage=StorageType.FILE,
-            num_replicas=replicas, allow_direct=True, deny_delete=True))
+    config = StreamConfig(
+        name=STREAM, description="teebus payloads above max_payload (sealed chunks, by sender)",
+        subjects=[f"{SUBJECT_PREFIX}.>"], max_age=TTL_SECONDS, max_bytes=STORE_BYTES,
+        max_msgs_per_subject=1, discard=DiscardPolicy.NEW, storage=StorageType.FILE,
+        num_replicas=replicas, allow_direct=True, deny_delete=True)
+    await streams.ensure_replicas(client, STREAM, replicas, create=lambda: js.add_stream(config))
 
 
 class Payloads:

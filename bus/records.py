@@ -18,11 +18,11 @@ from typing import Any, Awaitable, Callable, Generic, Protocol, TypeVar
 import orjson
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import (APIError, BucketNotFoundError, KeyNotFoundError,
-                            KeyWrongLastSequenceError, NoKeysError)
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from bus import streams
+from bus.kv_watch import KEYS_TIMEOUT, InitialValues
 from bus.errors import Conflict, NotFound
 
 _WRONG_LAST_SEQUENCE = (10071, 10164)
@@ -59,6 +59,17 @@ def bucket_permissions(bucket: str) -> list[str]:
     return [*streams.permissions(f"KV_{bucket}"), f"$KV.{bucket}.>"]
 
 
+async def open_bucket(client: Client, config: KeyValueConfig) -> KeyValue:
+    """The KV bucket `config` names, created as it says when missing, with at least
+    `config.replicas` copies either way: every bucket goes through the one replica rule of
+    bus/streams.py (ReplicasRefused when the servers cannot keep that many). An existing bucket's
+    other settings are its own."""
+    js = client.jetstream()
+    await streams.ensure_replicas(client, f"KV_{config.bucket}", config.replicas,
+                                  create=lambda: js.create_key_value(config))
+    return await js.key_value(config.bucket)
+
+
 class Records(Generic[V]):
     """One bucket of JSON records; every write states the revision it expects."""
 
@@ -77,14 +88,11 @@ class Records(Generic[V]):
                    history: int = 1, max_value_size: int = 1024 * 1024, max_bytes: int = -1,
                    replicas: int = 1) -> "Records":
         """Bind to `bucket`, creating it (file storage, `replicas` copies) when this is the first
-        replica to start; values are `kind` instances when given, dicts otherwise."""
-        js = client.jetstream()
-        try:
-            kv = await js.key_value(bucket)
-        except BucketNotFoundError:
-            kv = await js.create_key_value(KeyValueConfig(
-                bucket=bucket, description=description, history=history, storage=StorageType.FILE,
-                max_value_size=max_value_size, max_bytes=max_bytes, direct=True, replicas=replicas))
+        replica to start, or scaling it up to `replicas` (bus/streams.py); values are `kind`
+        instances when given, dicts otherwise."""
+        kv = await open_bucket(client, KeyValueConfig(
+            bucket=bucket, description=description, history=history, storage=StorageType.FILE,
+            max_value_size=max_value_size, max_bytes=max_bytes, direct=True, replicas=replicas))
         return cls(kv, bucket, kind)
 
     def _load(self, data: bytes) -> V:
@@ -166,10 +174,28 @@ class Records(Generic[V]):
         raise Conflict(f"{key} is changing too fast: gave up after {attempts} attempts")
 
     async def keys(self) -> list[str]:
-        try:
-            return await self._kv.keys()
-        except NoKeysError:
+        """Every key the bucket holds (bus/kv_watch.py says why not nats-py's `keys()`)."""
+        initial = await InitialValues.of(self._kv)
+        if initial.empty:
             return []
+        watcher = await self._kv.watchall(meta_only=True)
+        keys: set[str] = set()
+        try:
+            async with asyncio.timeout(KEYS_TIMEOUT):
+                async for entry in watcher:
+                    if entry is None:
+                        if await initial.ended_at_marker():
+                            break
+                        continue
+                    if entry.operation in ("DEL", "PURGE"):
+                        keys.discard(entry.key)
+                    else:
+                        keys.add(entry.key)
+                    if initial.reached_by(entry):
+                        break
+        finally:
+            await watcher.stop()
+        return sorted(keys)
 
     async def mirror(self, limit: int = 100_000, timeout: float = 30.0) -> None:
         """Follow the bucket in memory so `lookup` costs no round trip; at most `limit` records.
@@ -179,8 +205,11 @@ class Records(Generic[V]):
         if self._mirror is not None:
             return
         self._mirror = {}
+        initial = await InitialValues.of(self._kv)
+        if initial.empty:
+            self._loaded.set()
         self._watcher = await self._kv.watchall()
-        self._follower = asyncio.create_task(self._follow(limit))
+        self._follower = asyncio.create_task(self._follow(limit, initial))
         try:
             await asyncio.wait_for(self._loaded.wait(), timeout)
         except asyncio.TimeoutError:
@@ -201,16 +230,19 @@ class Records(Generic[V]):
             self._follower = None
         self._mirror = None
 
-    async def _follow(self, limit: int) -> None:
+    async def _follow(self, limit: int, initial: InitialValues) -> None:
         async for entry in self._watcher:
-            if entry is None:  # the end of the initial values
-                self._loaded.set()
+            if entry is None:  # nats-py's end of the initial values: may come early (bus/kv_watch.py)
+                if not self._loaded.is_set() and await initial.ended_at_marker():
+                    self._loaded.set()
                 continue
             if entry.operation in ("DEL", "PURGE"):
                 self._mirror.pop(entry.key, None)
                 self._tombstones.discard(entry.key)
             elif entry.key not in self._tombstones and (entry.key in self._mirror or len(self._mirror) < limit):
                 self._remember(Record(entry.key, self._load(entry.value), entry.revision))
+            if initial.reached_by(entry):
+                self._loaded.set()
 
     def _remember(self, record: Record) -> Record:
         if self._mirror is not None:

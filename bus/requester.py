@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -47,6 +48,10 @@ def raise_for_error(hdrs: dict[str, str] | None, body: bytes = b"") -> None:
     raise errors.from_status(status, hdrs.get(headers.ERROR, "the component failed without a message"), details)
 
 
+NO_RESPONDERS_GRACE = 0.6    # s: a component whose server was lost resubscribes within this
+NO_RESPONDERS_RETRY = 0.1
+
+
 class Requester:
     """Sends requests for one connection; shared by adapters, components and tools."""
 
@@ -74,9 +79,9 @@ class Requester:
         if not self.payloads.fits(len(data)):
             data = await self.payloads.pack(data, hdrs)
         try:
-            msg = await self._replies.request(subject, data, hdrs, timeout)
+            msg = await self._deliver(subject, data, hdrs, timeout)
         except NoRespondersError:
-            raise errors.Unavailable(f"no component serves {subject}: is it running? "
+            raise errors.NoResponders(f"no component serves {subject}: is it running? "
                                      "(`teebus status` lists the live services)") from None
         except NatsTimeout:
             raise errors.Timeout(f"{subject} did not answer within {timeout:g}s") from None
@@ -85,3 +90,19 @@ class Requester:
         body = await self.payloads.unpack(msg.data, msg.headers)
         raise_for_error(msg.headers, body)
         return Reply(body, codec.content_type_of(msg.headers), {headers.REQUEST_ID: request_id, **msg.headers})
+
+    async def _deliver(self, subject: str, data: bytes, hdrs: dict[str, str], timeout: float) -> Any:
+        """The request, sent again while nobody subscribes, for at most NO_RESPONDERS_GRACE of the
+        timeout: "no responders" means no component got it, so a resend is safe, and it bridges the
+        moment a component reconnects after its server was lost (NATS drops and then restores its
+        subscriptions). Past the grace, NoRespondersError goes up."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        grace = loop.time() + min(NO_RESPONDERS_GRACE, timeout / 2)
+        while True:
+            try:
+                return await self._replies.request(subject, data, hdrs, max(0.001, deadline - loop.time()))
+            except NoRespondersError:
+                if loop.time() + NO_RESPONDERS_RETRY > grace:
+                    raise
+            await asyncio.sleep(NO_RESPONDERS_RETRY)

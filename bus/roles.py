@@ -65,17 +65,20 @@ def component_permissions(manifest: Manifest) -> dict[str, Any]:
         # INBOXES: the response permission `allow_responses` grants does not survive a configuration
         # reload (nats-server re-evaluates permissions on every SIGHUP, and bus/users.py reloads
         # whenever a dynamic user comes or goes), so a reply sent after one would be refused.
-        "publish": {"allow": publish},
+        # Its streams' API is its own, but never to delete or purge a whole stream: that is admin's.
+        "publish": {"allow": publish, "deny": ["$JS.API.STREAM.DELETE.*", "$JS.API.STREAM.PURGE.*"]},
         "subscribe": {"allow": [f"{manifest.name}.>", "$SRV.>", own_inbox(manifest.role), *reads]},
         "allow_responses": True,
     }
 
 
 def observer_permissions(systems: Iterable[Manifest]) -> dict[str, Any]:
-    """Read-only tools: discovery, the events, and the systems' external traffic; never replies
-    (other roles' inboxes), internal subjects, KV values or payloads (that is admin's)."""
+    """Read-only tools: discovery, the events, the systems' external traffic and what JetStream
+    says of its streams (`teebus status`: replicas, leaders, sizes; never their messages); never
+    replies (other roles' inboxes), internal subjects, KV values or payloads (that is admin's)."""
     return {
-        "publish": {"allow": ["$SRV.>", "$JS.API.INFO", "$JS.API.STREAM.NAMES",
+        "publish": {"allow": ["$SRV.>", "$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST",
+                              "$JS.API.STREAM.INFO.*",
                               *events.READ_PERMISSIONS, "$JS.FC.>"]},
         "subscribe": {"allow": [own_inbox(OBSERVER), "$SRV.>", events.SUBJECTS, *(f"{m.name}.>" for m in systems)],
                       "deny": [INTERNAL]},

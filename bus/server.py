@@ -14,9 +14,13 @@ import sysconfig
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bus import credentials, log, users
 from bus.roles import Role, all_roles
+
+if TYPE_CHECKING:   # bus/cluster.py builds on this module
+    from bus.cluster import ClusterNode
 
 _log = log.get_logger("bus.server")
 READY_TIMEOUT = 15.0
@@ -94,8 +98,12 @@ def _ephemeral_range() -> tuple[int, int]:
 
 @dataclass
 class EmbeddedServer:
-    """One nats-server process with JetStream under `<data_dir>/jetstream`, whose users are `roles`
-    (bus/roles.py; the kernel's alone unless the systems' roles are given)."""
+    """One nats-server process with JetStream under `<home>/jetstream`, whose users are `roles`
+    (bus/roles.py; the kernel's alone unless the systems' roles are given).
+
+    Alone, its home is the data directory. As a `node` of a local cluster (bus/cluster.py) its home
+    is `<data_dir>/cluster/<node name>`, while the users, roles and credentials stay in the data
+    directory, shared by every node."""
 
     config: Path
     data_dir: Path
@@ -103,6 +111,7 @@ class EmbeddedServer:
     port: int = 4222
     roles: list[Role] = field(default_factory=lambda: all_roles([]))
     passwords: dict[str, str] = field(default_factory=dict)
+    node: "ClusterNode | None" = None
     _process: asyncio.subprocess.Process | None = None
 
     @property
@@ -110,23 +119,44 @@ class EmbeddedServer:
         return f"nats://{self.host}:{self.port}"
 
     @property
-    def log_path(self) -> Path:
-        return self.data_dir / "nats-server.log"
+    def name(self) -> str:
+        return self.node.name if self.node else "nats-server"
 
-    async def start(self) -> None:
-        """Start the server and return once it accepts clients; raise ServerError otherwise."""
-        if not self.config.is_file():
-            raise ServerError(f"NATS configuration {self.config} not found")
-        if not port_is_free(self.host, self.port):
-            raise ServerError(f"port {self.host}:{self.port} is already in use: stop whatever listens "
-                              "there or choose another with --nats-port")
+    @property
+    def home(self) -> Path:
+        return self.data_dir if self.node is None else self.data_dir / "cluster" / self.node.name
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "nats-server.log"
+
+    async def prepare(self) -> Path:
+        """Credentials, roles and the shared server.conf (once per cluster: nodes share them)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.passwords = credentials.ensure(self.data_dir, [role.name for role in self.roles])
         await asyncio.to_thread(users.install_roles, self.data_dir, self.roles, self.passwords)
-        config = users.render(self.config, self.data_dir)
+        return users.render(self.config, self.data_dir)
+
+    async def start(self, *, prepared: bool = False) -> None:
+        """Start the server and return once it accepts clients; raise ServerError otherwise.
+        `prepared`: `prepare` ran already (a cluster prepares once for all its nodes)."""
+        if not self.config.is_file():
+            raise ServerError(f"NATS configuration {self.config} not found")
+        for port, what in ((self.port, "--nats-port"), *(self.node.ports() if self.node else ())):
+            if not port_is_free(self.host, port):
+                raise ServerError(f"port {self.host}:{port} is already in use: stop whatever listens "
+                                  f"there or choose another with {what}")
+        self.home.mkdir(parents=True, exist_ok=True)
+        config = users.directory(self.data_dir) / users.SERVER_CONF
+        if not prepared or not config.exists():
+            config = await self.prepare()
+        else:
+            self.passwords = credentials.load(self.data_dir)
+        if self.node is not None:
+            config = self.node.write_config(self.data_dir, self.host)
         args = [str(find_binary()), "-c", str(config), "--addr", self.host, "--port", str(self.port),
-                "--store_dir", str(self.data_dir / "jetstream"), "--log", str(self.log_path),
-                "--pid", str(users.pid_file(self.data_dir))]
+                "--store_dir", str(self.home / "jetstream"), "--log", str(self.log_path),
+                "--pid", str(users.pid_file(self.data_dir, self.node.name if self.node else ""))]
         if self.log_path.exists():
             self.log_path.replace(self.log_path.with_suffix(".log.1"))
         with open(self.log_path, "ab") as early_output:  # config errors come before --log applies
@@ -134,7 +164,7 @@ class EmbeddedServer:
                 *args, stdin=asyncio.subprocess.DEVNULL, stdout=early_output,
                 stderr=early_output, start_new_session=True, preexec_fn=_die_with_parent)
         await self._wait_ready()
-        _log.info("nats-server ready", url=self.url, pid=self._process.pid)
+        _log.info("nats-server ready", url=self.url, pid=self._process.pid, server=self.name)
 
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
@@ -193,7 +223,16 @@ class EmbeddedServer:
             _log.warning("nats-server did not stop in time; killing it", timeout=timeout)
             process.kill()
         await process.wait()
-        _log.info("nats-server stopped", url=self.url, code=process.returncode)
+        _log.info("nats-server stopped", url=self.url, code=process.returncode, server=self.name)
+
+    async def kill(self) -> None:
+        """SIGKILL the server, as a crash or a pulled plug would: nothing is flushed."""
+        process, self._process = self._process, None
+        if process is None or process.returncode is not None:
+            return
+        process.kill()
+        await process.wait()
+        _log.warning("nats-server killed", url=self.url, server=self.name)
 
     async def wait(self) -> int | None:
         """Until the server process exits (its return code); None when none was started."""

@@ -62,8 +62,9 @@ def directory(data_dir: Path) -> Path:
     return data_dir / DIRECTORY
 
 
-def pid_file(data_dir: Path) -> Path:
-    return directory(data_dir) / PID_FILE
+def pid_file(data_dir: Path, node: str = "") -> Path:
+    """The pid file of the server started from `data_dir` (of its cluster node `node`, if one)."""
+    return directory(data_dir) / (f"nats-server.{node}.pid" if node else PID_FILE)
 
 
 def install_roles(data_dir: Path, roles: Iterable[Role], passwords: Mapping[str, str]) -> None:
@@ -123,26 +124,35 @@ def names(data_dir: Path) -> list[str]:
 
 def available(data_dir: Path) -> bool:
     """True when a server started from this data directory runs on this host."""
-    return _server_pid(data_dir) is not None
+    return bool(_server_pids(data_dir))
 
 
 def _reload(data_dir: Path) -> None:
-    pid = _server_pid(data_dir)
-    if pid is None:
+    """Every server started from this data directory (each node of a local cluster) reloads."""
+    pids = _server_pids(data_dir)
+    if not pids:
         raise UsersUnavailable(f"no nats-server started from {data_dir} runs on this host, so its users "
                                "cannot change; start the system with `teebus up` on this data directory")
     render(directory(data_dir) / BASE_CONF, data_dir)
-    os.kill(pid, signal.SIGHUP)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except ProcessLookupError:    # a node that just died: it reads the new file when it restarts
+            pass
 
 
-def _server_pid(data_dir: Path) -> int | None:
-    """The pid in the pid file, if that process is still a nats-server (pids get reused)."""
-    try:
-        pid = int(pid_file(data_dir).read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    command = procfs.argv(pid)
-    return pid if command and b"nats-server" in command[0] else None
+def _server_pids(data_dir: Path) -> list[int]:
+    """The pids in the pid files whose processes are still nats-servers (pids get reused)."""
+    pids = []
+    for path in sorted(directory(data_dir).glob("nats-server*.pid")):
+        try:
+            pid = int(path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            continue
+        command = procfs.argv(pid)
+        if command and b"nats-server" in command[0]:
+            pids.append(pid)
+    return pids
 
 
 def _static(data_dir: Path) -> list[User]:

@@ -11,6 +11,7 @@ from typing import Any, Awaitable, Callable
 from bus import config, headers, log
 from bus import loop as bus_loop
 from bus.connection import BusConnectError, connect
+from bus.cluster import monitor_urls as cluster_monitors, read_layout
 from bus.errors import BusError
 from bus.manifest import load
 from bus.server import ServerError
@@ -23,7 +24,8 @@ SYSTEM_VERBS = "system_verbs"   # set by a system's `register`: async (args, set
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="state, secrets and JetStream storage (default ./teebus-data)")
-    parser.add_argument("--nats", metavar="URL", help="join this NATS deployment instead of embedding one")
+    parser.add_argument("--nats", metavar="URL", help="join this NATS deployment instead of embedding one "
+                        "(a cluster: its servers' URLs separated by commas; connections fail over between them)")
     parser.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
     parser.add_argument("--log-json", action="store_true", help="JSON log lines even on a terminal")
     parser.add_argument("--config", type=Path, metavar="FILE", help="teebus.toml: a [teebus] section, [ports], "
@@ -37,7 +39,8 @@ def _deployment(parser: argparse.ArgumentParser, catalog: Catalog) -> None:
                         "on (default 127.0.0.1, whatever --host says)")
     parser.add_argument("--port", action="append", default=[], metavar="SITE=PORT",
                         help=f"move one site (sites: {', '.join(catalog.ports())})")
-    parser.add_argument("--replicas", type=int, help="JetStream copies of each bucket and stream (default 1)")
+    parser.add_argument("--replicas", type=int, help="JetStream copies of each bucket and stream (default: "
+                        "1 on one server, 3 on a cluster of 3 or more)")
     for manifest in catalog.systems:
         if manifest.config is not type(None):
             config.add_arguments(parser.add_argument_group(manifest.summary), manifest.config, manifest.name)
@@ -56,6 +59,46 @@ def build_parser(catalog: Catalog) -> argparse.ArgumentParser:
                     "examples run verbatim (MesaTEE: users user1/token1 and user2/token2); never in production")
     _deployment(up, catalog)
 
+    cluster = commands.add_parser("cluster", help="a local NATS cluster for development and tests")
+    cluster_commands = cluster.add_subparsers(dest="cluster_command", required=True)
+    cluster_up = cluster_commands.add_parser(
+        "up", help="start N nats-servers clustered on loopback (JetStream replicated) and everything on top",
+        description="Like `teebus up`, on a cluster of --nodes nats-servers (routes and JetStream clustering "
+        "on loopback, each node its store under <data-dir>/cluster/<name>). Every bucket and stream gets "
+        "min(3, nodes) replicas unless --replicas says otherwise. docs/scaling.md has the multi-machine way.")
+    _common(cluster_up)
+    cluster_up.add_argument("--nodes", type=int, default=3, help="nats-servers (default 3)")
+    cluster_up.add_argument("--nats-port", type=int, help=f"first node's client port, the next nodes the "
+                            f"ports after it (default {DEFAULT_NATS_PORT})")
+    cluster_up.add_argument("--cluster-port", type=int, help="first node's route port (default 6222)")
+    cluster_up.add_argument("--monitor-port", type=int, help="first node's monitoring port (default 8222)")
+    cluster_up.add_argument("--nats-conf", type=Path, help="server settings (default: ./nats.conf)")
+    cluster_up.add_argument("--demo", action="store_true", help="as for `teebus up`")
+    _deployment(cluster_up, catalog)
+
+    cluster_init = cluster_commands.add_parser(
+        "init", help="create the secrets every machine of a cluster shares, and say which files to copy")
+    _common(cluster_init)
+
+    cluster_node = cluster_commands.add_parser(
+        "node", help="this machine's nats-server as a node of a cluster across machines, and everything on top",
+        description="Like `teebus up`, with the embedded nats-server a node of a cluster: it routes to the "
+        "peers named by --routes (their --cluster-port), and replicates JetStream with them. Every machine "
+        "runs this with its own --name and the same nats.credentials, internal.token and nats/cluster.secret "
+        "in its data directory (copied from the first machine). docs/scaling.md has the exact commands.")
+    _common(cluster_node)
+    cluster_node.add_argument("--name", required=True, help="this node's name, unique in the cluster (e.g. n1)")
+    cluster_node.add_argument("--routes", required=True, metavar="HOST:PORT,...",
+                              help="the other nodes' route addresses (their --cluster-port)")
+    cluster_node.add_argument("--nats-host", help="address clients and routes reach this machine's server at "
+                              "(default 127.0.0.1: give the machine's cluster-network address)")
+    cluster_node.add_argument("--nats-port", type=int, help=f"client port (default {DEFAULT_NATS_PORT})")
+    cluster_node.add_argument("--cluster-port", type=int, help="route port (default 6222)")
+    cluster_node.add_argument("--monitor-port", type=int, help="monitoring port, on loopback (default 8222)")
+    cluster_node.add_argument("--nats-conf", type=Path, help="server settings (default: ./nats.conf)")
+    cluster_node.add_argument("--demo", action="store_true", help="as for `teebus up`")
+    _deployment(cluster_node, catalog)
+
     run = commands.add_parser("run", help="run chosen components/adapters against --nats URL")
     _common(run)
     run.add_argument("names", nargs="+", metavar="NAME", help=f"any of: {', '.join(catalog.names())}")
@@ -70,8 +113,12 @@ def build_parser(catalog: Catalog) -> argparse.ArgumentParser:
     listed = commands.add_parser("roles", help="print every NATS role and its subject permissions")
     _common(listed)
 
-    status = commands.add_parser("status", help="live services, replicas and stats ($SRV.STATS)")
+    status = commands.add_parser("status", help="NATS servers, JetStream assets and their replicas, live "
+                                 "services and their stats")
     _common(status)
+    status.add_argument("--monitor", action="append", default=[], metavar="URL",
+                        help="a nats-server's monitoring URL (http://host:8222), for the servers and the "
+                        "JetStream meta leader; a local cluster's are found in <data-dir>/cluster.json")
 
     bus = commands.add_parser("bus", help="debug the bus as with the nats CLI")
     bus_commands = bus.add_subparsers(dest="bus_command", required=True)
@@ -111,7 +158,12 @@ def command_line_document(args: argparse.Namespace, catalog: Catalog) -> dict[st
     values = vars(args)
     core = {name: values.get(option) for name, option in (
         ("data_dir", "data_dir"), ("nats_url", "nats"), ("log_level", "log_level"), ("nats_port", "nats_port"),
-        ("http_host", "host"), ("internal_host", "internal_host"), ("replicas", "replicas"))}
+        ("http_host", "host"), ("internal_host", "internal_host"), ("replicas", "replicas"),
+        ("cluster_port", "cluster_port"), ("monitor_port", "monitor_port"))}
+    if values.get("cluster_command") == "up":
+        core["nodes"] = values["nodes"]
+    if values.get("cluster_command") == "node":
+        core.update(node_name=values["name"], routes=values["routes"], nats_host=values.get("nats_host"))
     if values.get("nats_conf"):
         core["nats_conf"] = values["nats_conf"].resolve()
     document: dict[str, Any] = {"teebus": {k: v for k, v in core.items() if v is not None}}
@@ -144,7 +196,9 @@ async def _with_client(settings: Settings, role: str, action: Callable[[Any], Aw
 async def dispatch(args: argparse.Namespace, catalog: Catalog, settings: Settings) -> int:
     from teebus import launcher, tools  # the runtime: not needed to parse or print help
 
-    if args.command == "up":
+    if args.command == "cluster" and args.cluster_command == "init":
+        return tools.print_shared_secrets(settings.data_dir, catalog.systems)
+    if args.command == "up" or args.command == "cluster":
         failure = await launcher.serve_until_signalled(launcher.Deployment(settings, catalog, demo=args.demo))
         if failure:
             print(f"teebus: {failure}", file=sys.stderr)
@@ -157,10 +211,12 @@ async def dispatch(args: argparse.Namespace, catalog: Catalog, settings: Setting
         return 0
     if args.command == "config":
         return tools.print_settings(settings.describe())
+    settings = _through_local_cluster(settings)
     if args.command == "roles":
         return tools.print_roles(catalog.systems)
     if args.command == "status":
-        return await _with_client(settings, "observer", tools.status)
+        monitors = cluster_monitors(settings.data_dir, args.monitor)
+        return await _with_client(settings, "observer", lambda c: tools.status(c, monitors=monitors))
     if args.command == "events":
         since = tools.parse_since(args.since) if args.since else None
         return await _with_client(settings, "observer", lambda c: _exported(c, since, args))
@@ -176,6 +232,15 @@ async def dispatch(args: argparse.Namespace, catalog: Catalog, settings: Setting
         return await _with_client(settings, "admin",
                                   lambda c: tools.request(c, args.subject, args.data, content_type, args.timeout))
     return await getattr(args, SYSTEM_VERBS)(args, settings)
+
+
+def _through_local_cluster(settings: Settings) -> Settings:
+    """A tool run on the data directory of a running `teebus cluster up` talks to all its nodes (so
+    it works while any one of them is down), unless --nats says where."""
+    layout = read_layout(settings.data_dir)
+    if settings.embedded and layout:
+        settings.nats_url = layout["url"]
+    return settings
 
 
 def _needs_admin(subject: str) -> bool:

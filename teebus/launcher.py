@@ -15,8 +15,9 @@ from nats.aio.client import Client
 
 from adapters.http.runner import INTERNAL_TOKEN_FILE, HttpServer
 from adapters.unix.server import Listener
-from bus import log, log_shipping, roles
+from bus import log, log_shipping, roles, users
 from bus.bootstrap import prepare
+from bus.cluster import SECRET_FILE as CLUSTER_SECRET, ClusterNode, LocalCluster, wait_for_jetstream
 from bus.component import Component, Context
 from bus.connection import connect
 from bus.credentials import ensure_secret_file
@@ -29,6 +30,7 @@ from teebus.settings import Settings
 
 _log = log.get_logger("teebus")
 RESTART_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)   # after the embedded server's 1st, 2nd, ... exit
+QUORUM_TIMEOUT = 300.0                       # s a cluster node waits for its peers to start
 RESTART_WINDOW = 60.0                        # more exits than delays within this many seconds: give up
 
 
@@ -165,7 +167,10 @@ async def _close(client: Client) -> None:
 class Deployment:
     """`teebus up`: the embedded server (unless joining one) and every component and adapter.
 
-    The embedded server is supervised: if it exits, it is started again on the same data directory
+    With `settings.nodes` above one (`teebus cluster up`) the embedded servers are a local cluster
+    (bus/cluster.py), each node supervised alike.
+
+    An embedded server is supervised: if it exits, it is started again on the same data directory
     (after RESTART_DELAYS) and the components' connections reconnect by themselves; if it keeps
     exiting, `failure` says why and `ended` is set, so `teebus up` stops everything and exits 1.
     """
@@ -173,30 +178,48 @@ class Deployment:
     settings: Settings
     catalog: Catalog = field(default_factory=default_catalog)
     demo: bool = False               # `teebus up --demo`: each system's demo data too (never by default)
-    server: EmbeddedServer | None = None
+    server: EmbeddedServer | None = None        # the one embedded server (none when joining, or a cluster)
+    cluster: LocalCluster | None = None
     node: Node | None = None
     failure: str | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
-    _supervisor: asyncio.Task | None = None
+    _supervisors: list[asyncio.Task] = field(default_factory=list)
+
+    @property
+    def servers(self) -> list[EmbeddedServer]:
+        return self.cluster.servers if self.cluster else [self.server] if self.server else []
 
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         ensure_secret_file(self.settings.data_dir / INTERNAL_TOKEN_FILE)
-        if self.settings.embedded:
-            self.server = EmbeddedServer(self.settings.nats_conf, self.settings.data_dir,
-                                         self.settings.nats_host, self.settings.nats_port,
-                                         roles=roles.all_roles(self.catalog.systems))
-            await self.server.start()
         self.node = Node(self.settings, self.catalog.names(), self.catalog)
         try:
+            if self.settings.embedded:
+                await self._start_servers()
             await self.node.start()
             if self.demo:
                 await self._create_demo_data()
         except BaseException:
             await self.stop()
             raise
-        if self.server is not None:
-            self._supervisor = asyncio.create_task(self._supervise(self.server), name="nats-server supervisor")
+        self._supervisors = [asyncio.create_task(self._supervise(server), name=f"{server.name} supervisor")
+                             for server in self.servers]
+
+    async def _start_servers(self) -> None:
+        settings, system_roles = self.settings, roles.all_roles(self.catalog.systems)
+        if settings.nodes > 1:
+            self.cluster = LocalCluster(settings.nats_conf, settings.data_dir, settings.nodes, settings.nats_host,
+                                        settings.nats_port, settings.cluster_port, settings.monitor_port,
+                                        roles=system_roles)
+            await self.cluster.start()
+            return
+        self.server = EmbeddedServer(settings.nats_conf, settings.data_dir, settings.nats_host,
+                                     settings.nats_port, roles=system_roles, node=cluster_node(settings))
+        await self.server.start()
+        if self.server.node is not None:       # JetStream answers once a majority of the nodes run
+            _log.info("waiting for a majority of the cluster's servers", routes=settings.routes,
+                      timeout=QUORUM_TIMEOUT)
+            await wait_for_jetstream(self.server.url, self.server.passwords, QUORUM_TIMEOUT, where=self.server.home)
 
     async def _create_demo_data(self) -> None:
         admin = await connect(self.settings.url, roles.ADMIN, data_dir=self.settings.data_dir, name="teebus-demo")
@@ -215,28 +238,31 @@ class Deployment:
             now = time.monotonic()
             exits = [moment for moment in exits if now - moment < RESTART_WINDOW] + [now]
             if len(exits) > len(RESTART_DELAYS):
-                self.failure = (f"the embedded nats-server exited {len(exits)} times within {RESTART_WINDOW:g}s "
+                self.failure = (f"the embedded {server.name} exited {len(exits)} times within {RESTART_WINDOW:g}s "
                                 f"(last code {code}); stopping everything. Its log: {server.log_path}")
                 _log.error("nats-server keeps exiting; stopping", exits=len(exits), code=code)
                 self.ended.set()
                 return
             delay = RESTART_DELAYS[len(exits) - 1]
-            _log.error("nats-server exited; restarting it", code=code, delay=delay)
+            _log.error("nats-server exited; restarting it", server=server.name, code=code, delay=delay)
             await asyncio.sleep(delay)
             try:
                 await server.start()
-                _log.warning("nats-server restarted; connections resume", pid=server.pid)
+                _log.warning("nats-server restarted; connections resume", server=server.name, pid=server.pid)
             except ServerError as exc:
-                _log.error("nats-server did not restart", error=str(exc))
+                _log.error("nats-server did not restart", server=server.name, error=str(exc))
 
     async def stop(self) -> None:
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            await asyncio.gather(self._supervisor, return_exceptions=True)
-            self._supervisor = None
+        for supervisor in self._supervisors:
+            supervisor.cancel()
+        await asyncio.gather(*self._supervisors, return_exceptions=True)
+        self._supervisors = []
         if self.node is not None:
             await self.node.stop()
             self.node = None
+        if self.cluster is not None:
+            await self.cluster.stop()
+            self.cluster = None
         if self.server is not None:
             await self.server.stop()
             self.server = None
@@ -250,9 +276,20 @@ class Deployment:
 
     def listening(self) -> dict[str, str]:
         bound = {"nats": self.settings.url}
+        if self.cluster:
+            bound.update({f"nats {name} monitoring": url for name, url in self.cluster.monitor_urls().items()})
         if self.node:
             bound.update(self.node.listening())
         return bound
+
+
+def cluster_node(settings: Settings) -> ClusterNode | None:
+    """This machine's server as a node of a cluster across machines (`teebus cluster node`), or None.
+    Every machine needs the same cluster secret: the data directory's `nats/cluster.secret`."""
+    if not settings.routes:
+        return None
+    secret = ensure_secret_file(users.directory(settings.data_dir) / CLUSTER_SECRET)
+    return ClusterNode(settings.node_name, settings.cluster_port, settings.monitor_port, settings.peer_routes(), secret)
 
 
 async def serve_until_signalled(runnable: Deployment | Node, banner: bool = True) -> str | None:

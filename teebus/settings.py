@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from bus.config import ConfigError, from_mapping, merge, to_mapping
 from bus.log import is_secret
+from bus.cluster import MAX_NODES
 from bus.server import DEFAULT_CONF
 from teebus.catalog import Catalog
 
@@ -36,26 +37,61 @@ class Settings:
     http_host: str = "127.0.0.1"
     internal_host: str = "127.0.0.1"      # where internal sites (behind internal.token) listen
     log_level: str = "info"
-    replicas: int = 1                     # JetStream copies of every bucket, stream and store
+    replicas: int = 0                     # JetStream copies of every bucket, stream and store (0: as many
+                                          # as the servers, at most 3: 1 alone, 3 on a cluster of 3 or more)
+    nodes: int = 1                        # embedded nats-servers: more than one is a local cluster
+    cluster_port: int = 6222              # a local cluster's first route port (one per node, upwards)
+    monitor_port: int = 8222              # a local cluster's first monitoring port (likewise)
+    node_name: str = ""                   # this machine's server as a node of a cluster across machines
+    routes: str = ""                      # ... and its peers' route addresses, "host:port,host:port"
     # filled by `build`: every site's port (defaults applied), and each system's configuration object
     ports: dict[str, int] = field(default_factory=dict, init=False)
     configs: dict[str, Any] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
+        if self.replicas == 0:
+            self.replicas = min(3, self.servers())
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
         if not 1 <= self.replicas <= 5:
             raise ValueError(f"replicas must be 1 to 5 (JetStream's limit), not {self.replicas}")
-        if not 0 < self.nats_port < 65536:
-            raise ValueError(f"nats_port must be 1-65535, not {self.nats_port}")
+        if not 1 <= self.nodes <= MAX_NODES:
+            raise ValueError(f"nodes must be 1 to {MAX_NODES}, not {self.nodes}")
+        if self.routes and self.nodes > 1:
+            raise ValueError("a node of a cluster across machines (routes) runs one server here, not several (nodes)")
+        if self.routes and not self.node_name:
+            raise ValueError("a cluster node needs a name unique in its cluster (--name)")
+        if self.replicas > self.nodes and self.embedded and not self.routes:
+            raise ValueError(f"replicas ({self.replicas}) cannot exceed the embedded servers ({self.nodes}): "
+                             f"`teebus cluster up --nodes {self.replicas}` runs that many")
+        for name in ("nats_port", "cluster_port", "monitor_port"):
+            if not 0 < getattr(self, name) <= 65536 - self.nodes:
+                raise ValueError(f"{name} must be 1-{65536 - self.nodes}, not {getattr(self, name)}")
 
     @property
     def url(self) -> str:
-        return self.nats_url or f"nats://{self.nats_host}:{self.nats_port}"
+        """The joined deployment's URL(s), or every embedded server's, comma-separated."""
+        return self.nats_url or ",".join(f"nats://{self.nats_host}:{self.nats_port + i}" for i in range(self.nodes))
 
     @property
     def embedded(self) -> bool:
         return self.nats_url is None
+
+    def servers(self) -> int:
+        """How many nats-servers this deployment knows of: a joined one's URLs, a local cluster's
+        nodes, or this machine's node and its peers."""
+        if self.nats_url:
+            return len([part for part in self.nats_url.split(",") if part.strip()])
+        return self.nodes + len(self.peer_routes())
+
+    def peer_routes(self) -> tuple[str, ...]:
+        """The peers' route addresses, each checked to be host:port."""
+        peers = tuple(part.strip() for part in self.routes.split(",") if part.strip())
+        for peer in peers:
+            host, _, port = peer.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"routes: {peer!r} is not host:port (a peer's route address, e.g. 10.0.0.2:6222)")
+        return peers
 
     def resolved(self) -> "Settings":
         """The same settings with an absolute data directory (children may change directory)."""

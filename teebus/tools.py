@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
@@ -15,10 +16,13 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError as StreamNotFound
 
+from adapters.http.runner import INTERNAL_TOKEN_FILE
 from bus import codec, events, headers, roles
+from bus.cluster import shared_secrets
 from bus.errors import BusError, NotFound
 from bus.manifest import Manifest
 from bus.requester import Requester
+from teebus import cluster_status
 from teebus.diagnostic import diagnostic
 
 DISCOVERY_WAIT = 0.5
@@ -92,8 +96,24 @@ async def gather(client: Client, subject: str, wait: float = DISCOVERY_WAIT) -> 
     return answers
 
 
-async def status(client: Client, out: TextIO = sys.stdout) -> list[dict[str, Any]]:
-    """Print live services (INFO: description), replicas and per-endpoint stats (STATS); return the stats."""
+def print_shared_secrets(data_dir: Path, systems: list[Manifest], out: TextIO = sys.stdout) -> int:
+    """`teebus cluster init`: the files every machine's data directory needs alike (never their contents)."""
+    paths = shared_secrets(data_dir, [role.name for role in roles.all_roles(systems)], [INTERNAL_TOKEN_FILE],
+                           [key for manifest in systems for key in manifest.shared_keys])
+    print("Copy these to the same places in every other machine's data directory (mode 0600), before "
+          "`teebus cluster node` starts there:", file=out)
+    for path in paths:
+        print(f"  {path.relative_to(data_dir)}", file=out)
+    return 0
+
+
+async def status(client: Client, out: TextIO = sys.stdout, monitors: list[str] | None = None) -> list[dict[str, Any]]:
+    """Print the NATS servers and JetStream assets (teebus/cluster_status.py), then live services
+    (INFO: description), their replicas and per-endpoint stats (STATS); return the stats."""
+    (servers, meta), assets = await asyncio.gather(cluster_status.read_servers(monitors or []),
+                                                   cluster_status.read_assets(client))
+    cluster_status.render(out, client, servers, meta, assets)
+    print(file=out)
     stats, infos = await asyncio.gather(gather(client, "$SRV.STATS"), gather(client, "$SRV.INFO"))
     descriptions = {info["name"]: info.get("description") or "" for info in infos}
     by_name: dict[str, list[dict[str, Any]]] = {}

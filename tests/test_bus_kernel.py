@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 
 from bus import codec, events, headers, payloads
 from bus.component import Component, Context, Endpoint, Incoming, Outgoing
-from bus.errors import BadRequest, Conflict, NotFound, Timeout, Unavailable, Unprocessable
+from bus.errors import BadRequest, Conflict, NoResponders, NotFound, Timeout, Unavailable, Unprocessable
 from bus.records import Records
 from bus.requester import Requester
 from tests.conftest import eventually
@@ -96,6 +96,28 @@ async def test_request_reply_in_json_and_cbor(start_component, connect_as):
     reply = await requester.request("kerneltest.testecho.value", {"b": b"\x00\xff"}, content_type=headers.CBOR)
     assert reply.content_type == headers.CBOR
     assert reply.payload["got"] == {"b": b"\x00\xff"}
+
+
+async def test_a_request_waits_a_moment_for_a_component_that_is_resubscribing(connect_as):
+    """No responders means nobody got the request: it is sent again for a moment (a component whose
+    server was lost is back within it), then 503, well before the timeout."""
+    requester = Requester(await connect_as("adapter"), timeout=5)
+    listener = await connect_as("kerneltest")
+
+    async def answer(msg) -> None:
+        await msg.respond(b'"late but there"')
+
+    async def subscribe_late() -> None:
+        await asyncio.sleep(0.3)
+        await listener.subscribe("kerneltest.testlate.echo", cb=answer)
+
+    late = asyncio.create_task(subscribe_late())
+    assert (await requester.request("kerneltest.testlate.echo", {})).payload == "late but there"
+    await late
+    began = asyncio.get_running_loop().time()
+    with pytest.raises(NoResponders):
+        await requester.request("kerneltest.nobody.here", {})
+    assert 0.5 < asyncio.get_running_loop().time() - began < 1.5
 
 
 async def test_errors_come_back_typed(start_component, connect_as):

@@ -111,7 +111,9 @@ async def test_status_on_a_bus_without_services(bare_bus):
         assert await tools.status(observer, out=out) == []
     finally:
         await observer.close()
-    assert out.getvalue() == "no services answer on this bus\n"
+    text = out.getvalue()
+    assert text.startswith("connected to ") and "servers: no monitoring URL" in text, text
+    assert text.endswith("\nno services answer on this bus\n"), text
 
 
 # --- teebus bus sub -----------------------------------------------------------------------------

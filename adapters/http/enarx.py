@@ -2,7 +2,8 @@
 
 Bodies are raw CBOR in serde's form (FACTS.md); no Content-Type is needed. Every error is a CBOR
 `LocalCborErr {"details": ...}` with a fitting status. Beyond the seed: `GET /keeps`,
-`GET /keep/<kuuid>` and `DELETE /keep/<kuuid>`.
+`GET /keep/<kuuid>` and `DELETE /keep/<kuuid>`, and `POST /new_keep?host=NAME`, which asks that
+host's keep manager for the keep instead of any keep manager on the bus (docs/enarx.md "Hosts").
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from aiohttp import web
 from adapters.http import routes
 from adapters.http.routes import path_param
 from adapters.http.runner import HttpServer, Site, SiteContext
-from bus.errors import Unavailable
+from bus.errors import BadRequest, NoResponders, NotFound, Unavailable
 from bus.headers import CBOR
 from bus.requester import Requester
 from components.enarx import messages, subjects
@@ -44,6 +45,14 @@ def path_kuuid(request: web.BaseRequest) -> str:
     return messages.parse_uuid(path_param(request, "kuuid"), "the keep id in the URL")
 
 
+def query_host(request: web.BaseRequest) -> str | None:
+    """The host named by `?host=NAME`, if any (given once, a host name)."""
+    given = request.query.getall("host", [])
+    if len(given) > 1:
+        raise BadRequest(f"host is given {len(given)} times in the query; give it once")
+    return messages.parse_host(given[0], "the host in ?host=") if given else None
+
+
 def keepmgr_routes(context: SiteContext) -> list[routes.Route]:
     bus = context.requester
 
@@ -54,10 +63,20 @@ def keepmgr_routes(context: SiteContext) -> list[routes.Route]:
     async def new_keep(request: web.BaseRequest) -> web.Response:
         contract = await context.cbor(request, "a KeepContract")
         messages.parse_contract(contract)
-        reply = await bus.request(subjects.NEW_KEEP, {"contract": contract, "client": request.remote,
-                                                      "path_uuid": path_param(request, "uuid")},
-                                  content_type=CBOR, timeout=NEW_KEEP_TIMEOUT)
+        host = query_host(request)
+        body = {"contract": contract, "client": request.remote, "path_uuid": path_param(request, "uuid")}
+        if host is None:
+            reply = await bus.request(subjects.NEW_KEEP, body, content_type=CBOR, timeout=NEW_KEEP_TIMEOUT)
+        else:
+            reply = await _new_keep_on(host, {**body, "host": host})
         return web.Response(body=reply.data, content_type=CBOR)
+
+    async def _new_keep_on(host: str, body: dict[str, Any]) -> Any:
+        try:
+            return await bus.request(subjects.new_keep_on(host), body, content_type=CBOR, timeout=NEW_KEEP_TIMEOUT)
+        except NoResponders:
+            raise NotFound(f"no keep manager serves host {host!r}; leave out ?host= to let any keep "
+                           "manager take the keep") from None
 
     async def converse(request: web.BaseRequest) -> web.Response:
         kuuid = path_kuuid(request)

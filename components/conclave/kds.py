@@ -29,13 +29,13 @@ from bus.sealing import MasterKey, SealingError
 from components.conclave import kds_keys
 from components.conclave import kds_messages as messages
 from components.conclave import subjects
+from components.conclave.system import KDS_SEALING_KEY_FILE as SEALING_KEY_FILE
 from components.conclave.constraints import EnclaveConstraint
 from components.conclave.eii import EiiError, EnclaveInstanceInfo, keys_from_secret, mock_instance_info
 from components.conclave.mail import encrypt_mail
 
 BUCKET = "conclave_kds"
 SECRETS_KEY = "secrets"
-SEALING_KEY_FILE = "conclave/kds.sealing.key"
 KDS_CLASS_NAME = "com.r3.conclave.kds.KdsEnclave"
 KDS_CODE_HASH = hashlib.sha256(KDS_CLASS_NAME.encode()).digest()
 KDS_PRODUCT_ID = 1

@@ -4,6 +4,8 @@ from bus.manifest import AdapterSpec, ComponentSpec, Manifest
 from components.conclave.config import ConclaveConfig
 from components.conclave.subjects import SYSTEM
 
+KDS_SEALING_KEY_FILE = "conclave/kds.sealing.key"   # seals the KDS master secrets, alike on every machine
+
 MANIFEST = Manifest(
     name=SYSTEM,
     summary="Conclave web host: enclave, durable mailboxes, key derivation service",
@@ -14,6 +16,7 @@ MANIFEST = Manifest(
     adapters=(AdapterSpec("http", "adapters.http.conclave:sites"),),
     ports={"conclave-host": 8080, "conclave-kds": 8090},
     buckets=("conclave_kds",),
+    shared_keys=(KDS_SEALING_KEY_FILE,),
     streams=("CONCLAVE_MAIL",),
     verbs="components.conclave.cli:register",
 )

@@ -33,11 +33,11 @@ from typing import Any, Awaitable, Callable, Iterable
 
 import orjson
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import KeyNotFoundError
 
 from bus.component import Component, Endpoint, Incoming
 from bus.errors import BadRequest, Conflict, NotFound, Unavailable
-from bus.records import MAX_CAS_ATTEMPTS, Records
+from bus.records import MAX_CAS_ATTEMPTS, Records, open_bucket
 from components.cyborg import conductor_messages as messages
 from components.cyborg import hardware, subjects
 from components.cyborg.conductor_messages import LOST, READY, REGISTERED, HealthChange, Report, host_key
@@ -396,15 +396,9 @@ class Conductor(Component):
         """The lease bucket: entries live `lease_seconds`; a changed lease length is applied."""
         js = self.client.jetstream()
         ttl = self.lease_seconds
-        try:
-            kv = await js.key_value(LEASES)
-        except BucketNotFoundError:
-            try:
-                kv = await js.create_key_value(KeyValueConfig(
-                    bucket=LEASES, description="Cyborg agents' leases", ttl=ttl, history=1,
-                    storage=StorageType.FILE, max_value_size=4096, direct=True, replicas=self.context.replicas))
-            except Exception:
-                kv = await js.key_value(LEASES)   # another replica created it first
+        kv = await open_bucket(self.client, KeyValueConfig(     # created, or scaled up to the replicas
+            bucket=LEASES, description="Cyborg agents' leases", ttl=ttl, history=1,
+            storage=StorageType.FILE, max_value_size=4096, direct=True, replicas=self.context.replicas))
         info = await js.stream_info(f"KV_{LEASES}")
         if info.config.max_age is None or abs(info.config.max_age - ttl) > 1e-3:
             config = info.config

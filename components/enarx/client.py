@@ -17,6 +17,7 @@ from __future__ import annotations
 import ssl
 import uuid
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import cbor2
@@ -62,8 +63,12 @@ class EnarxClient:
     async def contracts(self) -> list[dict[str, Any]]:
         return await self._call("POST", "/contracts")
 
-    async def new_keep(self, contract: dict[str, Any], in_path: bool = False) -> dict[str, Any]:
+    async def new_keep(self, contract: dict[str, Any], in_path: bool = False,
+                       host: str | None = None) -> dict[str, Any]:
+        """Redeem `contract`; with `host`, on that host's keep manager (`?host=`), else on any."""
         path = f"/new_keep/{kuuid_text(contract['uuid'])}" if in_path else "/new_keep/"
+        if host is not None:
+            path += "?" + urlencode({"host": host})
         return await self._call("POST", path, cbor2.dumps(contract))
 
     async def converse(self, kuuid: bytes | str, item: Any) -> Any:

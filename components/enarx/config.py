@@ -1,21 +1,30 @@
 """Enarx settings: the `[enarx]` section of teebus.toml and the "Enarx keeps" command-line options.
 
 Where the keep manager listens and which bus its keep loaders dial come from the deployment
-(Context: http_host, ports, nats_url), not from here.
+(Context: http_host, ports, nats_url), not from here. `host` names this keep manager's host: the keeps
+it starts carry it, and it watches, counts and frees only keeps of that host, so several hosts' keep
+managers can share one bus (docs/enarx.md "Hosts").
 """
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bus.config import option
 from components.enarx.backends import DEVICES, Backends
+from components.enarx.messages import HOST_NAME
 from components.enarx.wasm_limits import Limits
+
+
+def _this_host() -> str:
+    return socket.gethostname() or "localhost"
 
 
 @dataclass(frozen=True)
 class EnarxConfig:
+    host: str = field(default_factory=_this_host)   # this keep manager's host: it owns the keeps named so
     keep_loaders: dict[str, Path] = field(default_factory=dict, metadata=option(
         "--keep-loader", "platform keep loader for Kvm, Sev or Sgx (teebus ships only Nil's)",
         metavar="BACKEND=PATH"))
@@ -34,6 +43,8 @@ class EnarxConfig:
     workload_limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not HOST_NAME.fullmatch(self.host):
+            raise ValueError(f"host must be a host name, not {self.host!r}")
         for backend in self.keep_loaders:
             if backend not in DEVICES:
                 raise ValueError(f"--keep-loader takes BACKEND=PATH with BACKEND {', '.join(DEVICES)}, "

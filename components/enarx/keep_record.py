@@ -44,7 +44,7 @@ def now() -> str:
 class KeepRecord:
     kuuid: str
     backend: str
-    host: str                                   # the machine whose keep manager started it
+    host: str                                   # EnarxConfig.host of the keep manager that started and owns it
     socket_path: str
     wasmldr_port: int
     state: KeepState = KeepState.INDETERMINATE

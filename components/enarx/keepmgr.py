@@ -6,6 +6,11 @@ contract can be redeemed once, even across replicas. `enarx_keeps` holds a recor
 runs as its own loader process (`python -m teebus.host enarx.keep`) with a NATS user limited to that keep's subjects; the
 loader reports its progress on `enarx.keepmgr.internal.report.<kuuid>` and this component records
 it. A watchdog marks keeps whose process died as Error; after a restart, live keeps are reattached.
+
+Several hosts' keep managers may share one bus and both buckets. Each owns the keeps of its own host
+(`EnarxConfig.host`, recorded in every keep): it alone watches, reattaches, counts, frees and signals
+them. Listing and getting read the shared bucket, so any keep manager answers for every host; a
+shutdown of another host's keep is handed to that host's keep manager (`subjects.delete_on`).
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
-import socket
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,7 @@ from typing import Any
 from bus import users
 from bus.component import Component, Endpoint, Incoming, Outgoing
 from bus.credentials import load as load_credentials
-from bus.errors import BadRequest, BusError, Conflict, NotFound, Timeout, Unavailable
+from bus.errors import BadRequest, BusError, Conflict, NoResponders, NotFound, Timeout, Unavailable
 from bus.headers import CBOR
 from bus.records import Record
 from bus.server import port_is_free
@@ -46,7 +50,7 @@ class KeepManager(Component):
     config: EnarxConfig
 
     async def setup(self) -> None:
-        self.host = socket.gethostname()
+        self.host = self.config.host   # the keeps this keep manager owns carry it
         self.contracts = await self.open_records(CONTRACTS_BUCKET, description="Enarx contract offers")
         self.keeps = await self.open_records(KEEPS_BUCKET, kind=KeepRecord, description="Enarx keeps", history=5)
         await self.keeps.mirror()  # the watchdog, listings and port choice read memory, not the bucket
@@ -73,9 +77,11 @@ class KeepManager(Component):
     def endpoints(self) -> list[Endpoint]:
         return [Endpoint("contracts", subjects.CONTRACTS, self.list_contracts),
                 Endpoint("new_keep", subjects.NEW_KEEP, self.new_keep),
+                Endpoint("new_keep_here", subjects.new_keep_on(self.host), self.new_keep),
                 Endpoint("keeps", subjects.KEEPS, self.list_keeps),
                 Endpoint("keep_get", subjects.KEEP_GET, self.get_keep),
                 Endpoint("keep_delete", subjects.KEEP_DELETE, self.delete_keep),
+                Endpoint("keep_delete_here", subjects.delete_on(self.host), self.delete_own_keep),
                 Endpoint("report", subjects.REPORTS, self.report)]
 
     # -- contracts ---------------------------------------------------------------------------------
@@ -129,6 +135,7 @@ class KeepManager(Component):
     async def new_keep(self, incoming: Incoming) -> Outgoing:
         request = incoming.payload if isinstance(incoming.payload, dict) else {}
         contract = messages.parse_contract(request.get("contract"))
+        self._check_host(request.get("host"))
         if request.get("path_uuid") and messages.parse_uuid(request["path_uuid"], "path uuid") != contract["uuid"]:
             raise BadRequest(f"the URL names contract {request['path_uuid']} but the body names "
                              f"{contract['uuid']}; they must be the same")
@@ -136,6 +143,13 @@ class KeepManager(Component):
         self._check_room(client)
         await self._redeem(contract)
         return _cbor(messages.keep_cbor(await self._start_keep(contract, client)))
+
+    def _check_host(self, wanted: Any) -> None:
+        """A request that names a host is for that host's keep managers only: host names differing
+        only in '.' and '_' share a subject (subjects.host_token), so the name is checked again here."""
+        if wanted is not None and wanted != self.host:
+            raise NotFound(f"no keep manager serves host {messages.parse_host(wanted, 'host')!r}; leave "
+                           "out ?host= to let any keep manager take the keep")
 
     def _check_room(self, client: str | None) -> None:
         """Live keeps are bounded per host and per client address (a client cannot take them all)."""
@@ -242,9 +256,33 @@ class KeepManager(Component):
 
     async def delete_keep(self, incoming: Incoming) -> Outgoing:
         record = await self._keep(incoming.payload)
+        if record.value.state != KeepState.SHUTDOWN and record.value.host != self.host:
+            return await self._delete_elsewhere(record)
+        return await self._delete(record)
+
+    async def delete_own_keep(self, incoming: Incoming) -> Outgoing:
+        """Another host's keep manager hands us the shutdown of one of our keeps (internal)."""
+        return await self._delete(await self._keep(incoming.payload))
+
+    async def _delete(self, record: Record[KeepRecord]) -> Outgoing:
         if record.value.state != KeepState.SHUTDOWN:
             record = await self._shutdown(record.key)
         return _cbor(messages.keep_cbor(record.value))
+
+    async def _delete_elsewhere(self, record: Record[KeepRecord]) -> Outgoing:
+        """Only the keep's own host can wait for its process and signal it, so its keep manager
+        shuts it down. With none running there, the loader is asked to stop over the bus (it is
+        reachable from any host) and the keep is recorded Shutdown here."""
+        host = record.value.host
+        try:
+            reply = await self.requester.request(subjects.delete_on(host), {"kuuid": record.key}, content_type=CBOR,
+                                                 timeout=self.config.shutdown_timeout + 10.0)
+            return _cbor(reply.payload)
+        except NoResponders:
+            pass
+        self.log.warning("no keep manager serves the keep's host; stopping its loader over the bus",
+                         kuuid=record.key, keep_host=host)
+        return await self._delete(record)
 
     async def _keep(self, payload: Any) -> Record[KeepRecord]:
         kuuid = messages.parse_uuid((payload or {}).get("kuuid") if isinstance(payload, dict) else None, "kuuid")
@@ -327,15 +365,16 @@ class KeepManager(Component):
                 await self._forget_user(record.key)
 
     async def _forget_old_keeps(self) -> None:
-        """Keep the newest `max_ended_keeps` ended keeps; delete older records and their logs."""
-        ended = sorted((r for r in self._all_keeps() if r.value.state.ended), key=lambda r: r.value.updated)
+        """Keep the newest `max_ended_keeps` ended keeps of this host; delete older records and their
+        logs (a log lives on its keep's host: another host's keep manager could not delete it)."""
+        ended = sorted((r for r in self._all_keeps() if r.value.host == self.host and r.value.state.ended),
+                       key=lambda r: r.value.updated)
         for record in ended[:max(0, len(ended) - self.config.max_ended_keeps)]:
             try:
                 await self.keeps.delete(record.key, record.revision)
             except BusError:
                 continue  # changed or gone meanwhile: the next pass decides again
-            if record.value.host == self.host:
-                keep_processes.log_path(self.context.data_dir, record.key).unlink(missing_ok=True)
+            keep_processes.log_path(self.context.data_dir, record.key).unlink(missing_ok=True)
             await self.events.publish("keep", "forgotten", {"kuuid": record.key})
 
     async def _mark_error(self, kuuid: str, reason: str) -> None:

@@ -7,6 +7,7 @@ byte strings. Records in KV keep the same fields in JSON form (UUID as text, byt
 
 from __future__ import annotations
 
+import re
 import reprlib
 import uuid
 from typing import Any
@@ -17,6 +18,9 @@ from components.enarx.keep_record import KeepRecord
 BACKENDS = ("Nil", "Sev", "Sgx", "Kvm")
 SUCCESS, FAILURE = "Success", "Failure"
 MAX_TEXT = 4096
+# A host name as EnarxConfig.host and `?host=` take it (the pattern Aurae's host setting uses): no
+# spaces or NATS wildcards, so it always makes a valid subject token (subjects.host_token).
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 
 
 def error(details: str) -> dict[str, str]:
@@ -64,6 +68,14 @@ def parse_text(value: Any, field: str, optional: bool = False, limit: int = MAX_
         raise BadRequest(f"{field} must be text, got {_show(value)}")
     if len(value) > limit:
         raise BadRequest(f"{field} is {len(value)} characters long; the limit is {limit}")
+    return value
+
+
+def parse_host(value: Any, field: str) -> str:
+    """A host name (HOST_NAME): what names one host's keep managers."""
+    if not isinstance(value, str) or not HOST_NAME.fullmatch(value):
+        raise BadRequest(f"{field} must be a host name (letters, digits, '.', '_' and '-', starting with a "
+                         f"letter or digit, at most 253 characters), got {_show(value)}")
     return value
 
 

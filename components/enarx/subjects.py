@@ -1,4 +1,12 @@
-"""Every Enarx subject, built here and nowhere else."""
+"""Every Enarx subject, built here and nowhere else.
+
+Several hosts' keep managers may share one bus. The shared subjects (`NEW_KEEP` and the others)
+are served by every keep manager in one queue group, so any of them answers; `new_keep_on(host)` and
+`delete_on(host)` reach one host's keep managers only. A host name becomes one subject token with
+its dots as `_` (as Aurae's subjects do).
+"""
+
+from __future__ import annotations
 
 SYSTEM = "enarx"
 
@@ -8,6 +16,22 @@ KEEPS = "enarx.keepmgr.keeps"
 KEEP_GET = "enarx.keepmgr.keep.get"
 KEEP_DELETE = "enarx.keepmgr.keep.delete"
 REPORTS = "enarx.keepmgr.internal.report.*"
+
+
+def host_token(host: str) -> str:
+    """A host name as one subject token (a NATS token holds no dots)."""
+    return host.replace(".", "_")
+
+
+def new_keep_on(host: str) -> str:
+    """`new_keep` for one host's keep managers only (`POST /new_keep?host=NAME`)."""
+    return f"{NEW_KEEP}.{host_token(host)}"
+
+
+def delete_on(host: str) -> str:
+    """A keep manager hands the shutdown of another host's keep to that host's keep manager, which
+    alone can wait for and signal the keep's process (internal)."""
+    return f"enarx.keepmgr.internal.delete.{host_token(host)}"
 
 
 def report(kuuid: str) -> str:

@@ -24,9 +24,9 @@ from components.mesatee import kms_messages as messages
 from components.mesatee import subjects
 from components.mesatee.config import MesateeConfig
 from components.mesatee.kms_cache import OpenedConfigs
+from components.mesatee.system import MASTER_KEY_FILE
 
 BUCKET = "mesatee_kms_keys"
-MASTER_KEY_FILE = "mesatee/kms.master.key"
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,9 @@ class KmsComponent(Component):
             material = self.master.unseal(binascii.a2b_base64(value.sealed), key_id.encode())
         except (SealingError, ValueError):
             self.log.error("sealed key does not open: is this the data directory's master key?", key_id=key_id)
-            raise Internal(f"key {key_id} cannot be unsealed with this host's master key") from None
+            raise Internal(f"key {key_id} cannot be unsealed with this host's master key: every KMS replica "
+                           f"needs the same <data-dir>/{MASTER_KEY_FILE} (`teebus cluster init` lists the "
+                           "files to copy from the first machine)") from None
         if len(material) != messages.MATERIAL_BYTES:
             raise Internal(f"key {key_id} holds {len(material)} bytes of key material, not "
                            f"{messages.MATERIAL_BYTES}: the record is damaged")

@@ -4,6 +4,8 @@ from bus.manifest import AdapterSpec, CommandSpec, ComponentSpec, Manifest
 from components.mesatee.config import MesateeConfig
 from components.mesatee.subjects import SYSTEM
 
+MASTER_KEY_FILE = "mesatee/kms.master.key"     # the KMS's sealing key, alike on every machine running it
+
 MANIFEST = Manifest(
     name=SYSTEM,
     summary="MesaTEE services: users, KMS, Trusted DFS, task management, function node",
@@ -17,6 +19,7 @@ MANIFEST = Manifest(
     ports={"mesatee-kms": 6016, "mesatee-tdfs": 5065, "mesatee-tdfs-internal": 5066,
            "mesatee-tms": 5554, "mesatee-tms-internal": 5555, "mesatee-fns": 3444},
     buckets=("mesatee_kms_keys", "mesatee_users", "mesatee_tdfs_files", "mesatee_tms_tasks"),
+    shared_keys=(MASTER_KEY_FILE,),
     secret_fields=("config", "nonce", "ad",     # a KMS reply's key material
                    "user_token", "token"),     # a user's credential (users.py)
     verbs="components.mesatee.cli:register",

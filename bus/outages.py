@@ -1,0 +1,30 @@
+"""Which failures of NATS itself mean "the bus is briefly out", so that a handler caught by one
+answers 503 (retry in a moment) instead of 500 (our bug), and logs one line instead of a traceback.
+
+On a cluster these are routine: a server that held a stream's leader dies and JetStream elects
+another within seconds; meanwhile a write finds no leader (NoStreamResponseError, or "no
+responders"), the API answers 503 "JetStream system temporarily unavailable", or the
+acknowledgement does not come in time. A write that timed out may still have been stored: the
+caller hears an error, never a silent success, and may retry (docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+import nats.errors
+from nats.js import errors as js_errors
+
+from bus.errors import BusError, Timeout, Unavailable
+
+RETRY = "retry in a moment (a NATS server was lost or JetStream is electing a leader)"
+
+
+def as_bus_error(exc: BaseException) -> BusError | None:
+    """The BusError a NATS outage becomes, or None when `exc` is no outage."""
+    if isinstance(exc, (js_errors.NoStreamResponseError, nats.errors.NoRespondersError,
+                        js_errors.ServiceUnavailableError, nats.errors.ConnectionClosedError,
+                        nats.errors.OutboundBufferLimitError)):
+        return Unavailable(f"the bus's storage did not answer: {RETRY}")
+    if isinstance(exc, nats.errors.TimeoutError):
+        return Timeout(f"the bus's storage did not acknowledge in time (the change may or may not have "
+                       f"been kept): {RETRY}")
+    return None
