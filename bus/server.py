@@ -68,7 +68,8 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-_LISTEN_PORTS = range(10000, 32768)   # below Linux's default ephemeral range (32768-60999)
+_ALL_LISTEN_PORTS = range(10000, 32768)   # below Linux's default ephemeral range (32768-60999)
+_LISTEN_PORTS = _ALL_LISTEN_PORTS
 _handed_out: set[int] = set()
 
 
@@ -86,6 +87,17 @@ def free_port(host: str = "127.0.0.1") -> int:
             _handed_out.add(port)
             return port
     raise OSError(f"no free port on {host} in {ports[0]}-{ports[-1]}")
+
+
+def share_listen_ports(index: int, count: int) -> range:
+    """Give this process the `index`-th of `count` equal slices of the ports `free_port` picks from,
+    so processes picking ports at once (tests run in parallel workers) never hand out the same one."""
+    global _LISTEN_PORTS
+    if not 0 <= index < count:
+        raise ValueError(f"slice {index} of {count} does not exist")
+    width = len(_ALL_LISTEN_PORTS) // count
+    _LISTEN_PORTS = _ALL_LISTEN_PORTS[index * width:(index + 1) * width]
+    return _LISTEN_PORTS
 
 
 def _ephemeral_range() -> tuple[int, int]:

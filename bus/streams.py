@@ -19,13 +19,16 @@ from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig, StreamInfo
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from bus import log
 from bus.errors import ReplicasRefused, Unavailable
 
 SETTLE_SECONDS = 10.0      # how long a scale-up waits for the new copies to catch up before going on
 UPDATE_TIMEOUT = 2.0       # s for one stream update's answer (a racing update may get none)
+ANSWER_SECONDS = 20.0      # how long an ensure waits for JetStream to answer at all (a forming cluster)
+PLACEMENT_SECONDS = 20.0   # how long a create or scale-up waits for the cluster to have peers enough
+_NO_SUITABLE_PEERS = 10005  # nats-server's "no suitable peers for placement"
 FIX = "run with --replicas 1, or join a cluster of at least {replicas} servers: docs/scaling.md"
 
 _log = log.get_logger("bus.streams")
@@ -60,7 +63,7 @@ async def ensure_replicas(client: Client, name: str, replicas: int, *, create: C
     stream made, and an update that fails is judged by what the stream has afterwards.
     """
     js = client.jetstream()
-    info = await _existing(js, name, replicas, create)
+    info = await _answered(name, lambda: _existing(js, name, replicas, create))
     if info is None:
         return                                  # created just now, with `replicas` copies
     have = _copies(info)
@@ -84,7 +87,7 @@ async def _update(client: Client, name: str, config: StreamConfig, have: int) ->
     deadline = time.monotonic() + SETTLE_SECONDS
     while True:
         try:
-            await js.update_stream(config)
+            await _placed(lambda: js.update_stream(config))
             return
         except APIError as exc:
             if target == have:
@@ -109,7 +112,7 @@ async def _existing(js: JetStreamContext, name: str, replicas: int, create: Crea
         if create is None:
             raise
     try:
-        await create()
+        await _placed(create)
         return None
     except APIError as exc:
         try:
@@ -118,6 +121,35 @@ async def _existing(js: JetStreamContext, name: str, replicas: int, create: Crea
             if replicas > 1:
                 raise _refusal(name, 0, replicas, exc) from None
             raise exc from None
+
+
+async def _answered(name: str, attempt: Callable[[], Awaitable[Any]]) -> Any:
+    """`attempt`, tried again while JetStream does not answer (a cluster electing its meta leader,
+    or still forming: its API times out or says it is unavailable), for at most ANSWER_SECONDS."""
+    deadline = time.monotonic() + ANSWER_SECONDS
+    while True:
+        try:
+            return await attempt()
+        except (NatsTimeout, ServiceUnavailableError) as exc:
+            if time.monotonic() > deadline:
+                raise Unavailable(f"JetStream did not answer for {describe(name)} within {ANSWER_SECONDS:g}s "
+                                  f"({exc or type(exc).__name__}): are a majority of the cluster's servers "
+                                  "running? (`teebus status`)") from None
+        await asyncio.sleep(0.5)
+
+
+async def _placed(attempt: Callable[[], Awaitable[Any]]) -> Any:
+    """`attempt` (a create or an update), tried again while the cluster has too few peers to place
+    the copies on, for at most PLACEMENT_SECONDS: a cluster that is still forming (its last node
+    not yet joined) gains them in a moment; one that stays short is refused after that."""
+    deadline = time.monotonic() + PLACEMENT_SECONDS
+    while True:
+        try:
+            return await attempt()
+        except APIError as exc:
+            if exc.err_code != _NO_SUITABLE_PEERS or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.5)
 
 
 def _copies(info: StreamInfo) -> int:

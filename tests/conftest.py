@@ -4,6 +4,7 @@ plus the kernel tests' own; connections, components and nodes per test, cleaned 
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -13,13 +14,18 @@ from nats.aio.client import Client
 from bus import log
 from bus.component import Component
 from bus.manifest import Manifest
-from bus.server import EmbeddedServer
+from bus.server import EmbeddedServer, share_listen_ports
 from bus.testing import TestBus, running_bus
 from teebus.catalog import Catalog
 from teebus.launcher import Node, default_catalog
 from teebus.testing import settings_for
 
 log.configure("warning", json=True)
+
+# Under pytest-xdist (pyproject's addopts: `-n`), each worker picks listening ports from its own slice.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    share_listen_ports(int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw")),
+                       int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 
 # The kernel tests' own system: test components under `kerneltest.*`, and the buckets they use.
 KERNEL_TEST = Manifest("kerneltest", "kernel tests", buckets=("test_records", "test_mirror", "test_records_r3"))
