@@ -75,7 +75,7 @@ import orjson
 
 from bench.bus_overhead import teebus_command
 from bench.figures import filesystem, percentile, progress
-from bench.processes import BenchError, Children, child_environment, machine_busy_seconds, run_until_done
+from bench.processes import BenchError, Children, child_environment, machine_busy_seconds, run_and_report
 from bus import log, roles
 from bus.connection import connect
 from bus.errors import BusError
@@ -595,13 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     log.configure("warning")
     if args.spawn_probe:
         return spawn_probe_main(args.spawn_probe)
-    code, report = run_until_done("aurae_run", lambda: bench(args), (BenchError, ServerError, AuraeError))
-    if report is not None:
-        if args.json:
-            print(orjson.dumps(report_json(report), option=orjson.OPT_INDENT_2).decode())
-        else:
-            print_report(report)
-    return code
+    return run_and_report("aurae_run", lambda: bench(args), (BenchError, ServerError, AuraeError),
+                          as_json=args.json, to_json=report_json, print_text=print_report)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ import orjson
 from adapters.http.runner import INTERNAL_TOKEN_FILE
 from bench.bus_overhead import teebus_command
 from bench.figures import filesystem, percentile, progress
-from bench.processes import BenchError, Child, Children, cpu_seconds, machine_busy_seconds, run_until_done, stop
+from bench.processes import BenchError, Child, Children, cpu_seconds, machine_busy_seconds, run_and_report, stop
 from bus import log, roles
 from bus.bootstrap import prepare
 from bus.cluster import LocalCluster
@@ -789,13 +789,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     log.configure("warning")
-    code, report = run_until_done("cluster_kms", lambda: bench(args), (BenchError, ServerError))
-    if report is not None:
-        if args.json:
-            print(orjson.dumps(report_json(report), option=orjson.OPT_INDENT_2).decode())
-        else:
-            print_report(report)
-    return code
+    return run_and_report("cluster_kms", lambda: bench(args), (BenchError, ServerError), as_json=args.json,
+                          to_json=report_json, print_text=print_report)
 
 
 if __name__ == "__main__":

@@ -68,11 +68,10 @@ if __package__ in (None, ""):  # run as `python bench/conclave_mail.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
-import orjson
 
 from bench.bus_overhead import teebus_command
 from bench.figures import filesystem, percentile, progress
-from bench.processes import BenchError, Children, machine_busy_seconds, run_until_done
+from bench.processes import BenchError, Children, machine_busy_seconds, run_and_report
 from bus import log, roles
 from bus.connection import connect
 from bus.credentials import write_private
@@ -643,13 +642,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     log.configure("warning")
-    code, report = run_until_done("conclave_mail", lambda: bench(args), (BenchError, ServerError))
-    if report is not None:
-        if args.json:
-            print(orjson.dumps(report_json(report), option=orjson.OPT_INDENT_2).decode())
-        else:
-            print_report(report)
-    return code
+    return run_and_report("conclave_mail", lambda: bench(args), (BenchError, ServerError), as_json=args.json,
+                          to_json=report_json, print_text=print_report)
 
 
 if __name__ == "__main__":

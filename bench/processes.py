@@ -11,7 +11,9 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
+
+import orjson
 
 T = TypeVar("T")
 
@@ -109,6 +111,18 @@ async def stop(process: asyncio.subprocess.Process, grace: float = STOP_GRACE) -
     except asyncio.TimeoutError:
         process.kill()
         await process.wait()
+
+
+def run_and_report(label: str, work: Callable[[], Awaitable[T]], expected: tuple[type[Exception], ...], *,
+                   as_json: bool, to_json: Callable[[T], Any], print_text: Callable[[T], None]) -> int:
+    """`run_until_done`, then the report on stdout: one JSON document (`as_json`) or text; the exit code."""
+    code, report = run_until_done(label, work, expected)
+    if report is not None:
+        if as_json:
+            print(orjson.dumps(to_json(report), option=orjson.OPT_INDENT_2).decode())
+        else:
+            print_text(report)
+    return code
 
 
 def run_until_done(label: str, work: Callable[[], Awaitable[T]],

@@ -9,13 +9,13 @@ launcher path as `teebus run`, on a bus from `bus.testing.running_bus`.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 from bus.server import free_port
 from bus.testing import TestBus
 from teebus.catalog import Catalog
 from teebus.launcher import Node, default_catalog
-from teebus.settings import build, layered
+from teebus.settings import Settings, build, layered
 
 
 def free_ports(catalog: Catalog) -> dict[str, int]:
@@ -30,6 +30,24 @@ def settings_for(bus: TestBus, catalog: Catalog, document: Mapping[str, Any] | N
     base = {"teebus": {"data_dir": bus.data_dir, "nats_url": bus.url},
             "ports": {**free_ports(catalog), **(ports or {})}}
     return build(catalog, layered(base, document or {}))
+
+
+@contextlib.asynccontextmanager
+async def nodes(catalog: Catalog) -> AsyncIterator[Callable[[Settings, list[str]], Awaitable[Node]]]:
+    """`start(settings, names)` -> a started Node; on exit every one is stopped, the last first."""
+    started: list[Node] = []
+
+    async def start(settings: Settings, names: list[str]) -> Node:
+        running = Node(settings, names, catalog)
+        await running.start()
+        started.append(running)
+        return running
+
+    try:
+        yield start
+    finally:
+        for running in reversed(started):
+            await running.stop()
 
 
 @contextlib.asynccontextmanager

@@ -18,7 +18,7 @@ from bus.server import EmbeddedServer, share_listen_ports
 from bus.testing import TestBus, running_bus
 from teebus.catalog import Catalog
 from teebus.launcher import Node, default_catalog
-from teebus.testing import settings_for
+from teebus.testing import nodes, settings_for
 
 log.configure("warning", json=True)
 
@@ -79,21 +79,15 @@ def start_component(scope) -> Callable[..., Awaitable[Component]]:
 @pytest.fixture
 async def start_node(bus: TestBus, catalog: Catalog) -> AsyncIterator[Callable[..., Awaitable[Node]]]:
     """Factory: `await start_node(["mesatee.kms", "http.mesatee"])` -> a running Node on free ports."""
-    nodes: list[Node] = []
+    async with nodes(catalog) as start:
+        async def factory(names: list[str], ports: dict[str, int] | None = None, document: dict | None = None,
+                          data_dir: Path | None = None) -> Node:
+            settings = settings_for(bus, catalog, document, ports)
+            if data_dir is not None:
+                settings.data_dir = data_dir
+            return await start(settings, names)
 
-    async def factory(names: list[str], ports: dict[str, int] | None = None, document: dict | None = None,
-                      data_dir: Path | None = None) -> Node:
-        settings = settings_for(bus, catalog, document, ports)
-        if data_dir is not None:
-            settings.data_dir = data_dir
-        node = Node(settings, names, catalog)
-        await node.start()
-        nodes.append(node)
-        return node
-
-    yield factory
-    for node in reversed(nodes):
-        await node.stop()
+        yield factory
 
 
 def internal_token(data_dir: Path) -> str:

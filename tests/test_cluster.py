@@ -36,7 +36,7 @@ from components.mesatee.kms import BUCKET as KMS_BUCKET
 from teebus.catalog import Catalog
 from teebus.launcher import Deployment, Node
 from teebus.settings import Settings, build
-from teebus.testing import free_ports
+from teebus.testing import free_ports, nodes
 from teebus import tools
 from teebus.tools import gather
 from tests.conftest import eventually, internal_token
@@ -64,17 +64,8 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory, catalog: Catalog) ->
 @pytest.fixture
 async def start_on_cluster(cluster: LocalCluster, catalog: Catalog) -> AsyncIterator[Callable[..., Awaitable[Node]]]:
     """Factory: a Node of `names` joined to the cluster with 3 replicas, stopped after the test."""
-    nodes: list[Node] = []
-
-    async def factory(names: list[str], document: dict[str, Any] | None = None) -> Node:
-        node = Node(cluster_settings(cluster, catalog, document), names, catalog)
-        await node.start()
-        nodes.append(node)
-        return node
-
-    yield factory
-    for node in reversed(nodes):
-        await node.stop()
+    async with nodes(catalog) as start:
+        yield lambda names, document=None: start(cluster_settings(cluster, catalog, document), names)
     for index, server in enumerate(cluster.servers):   # a test that failed half-way leaves none down
         if not server.running:
             await cluster.restart(index)
