@@ -25,7 +25,8 @@ from typing import Any, Iterable
 
 import orjson
 
-from bus import credentials, log, users
+from bus import cluster_tls, credentials, log, users
+from bus.cluster_tls import NodeTls
 from bus.connection import connect
 from bus.roles import ADMIN, Role, all_roles
 from bus.sealing import MasterKey
@@ -51,6 +52,7 @@ class ClusterNode:
     secret: str
     cluster_name: str = CLUSTER_NAME
     monitor_host: str = "127.0.0.1"   # monitoring has no authentication: loopback unless chosen otherwise
+    tls: NodeTls | None = None        # a cluster across machines: clients and routes over TLS (bus/cluster_tls.py)
 
     def ports(self) -> list[tuple[int, str]]:
         """The ports this node listens on beside its client port, with the option that moves them."""
@@ -59,12 +61,15 @@ class ClusterNode:
     def write_config(self, data_dir: Path, host: str) -> Path:
         """`<data-dir>/nats/node-<name>.conf`: the shared server.conf, then this node's identity."""
         routes = ", ".join(f'"nats-route://{ROUTE_USER}:{self.secret}@{peer}"' for peer in self.peers)
+        client_tls, route_tls = cluster_tls.config_blocks(self.tls) if self.tls else ("", "")
         text = (f"# Written by teebus for cluster node {self.name}; edits here are overwritten.\n"
                 f'include "{users.SERVER_CONF}"\n\n'
                 f"server_name: {self.name}\n"
                 f"http: {self.monitor_host}:{self.monitor_port}\n"
+                f"{client_tls}"
                 f"cluster {{\n  name: {self.cluster_name}\n  listen: {host}:{self.cluster_port}\n"
                 f'  authorization {{ user: {ROUTE_USER}, password: "{self.secret}", timeout: 2 }}\n'
+                f"{route_tls}"
                 f"  routes: [{routes}]\n}}\n")
         path = users.directory(data_dir) / f"node-{self.name}.conf"
         credentials.write_private(path, text.encode())
@@ -158,12 +163,12 @@ class LocalCluster:
 
 
 async def wait_for_jetstream(url: str, passwords: dict[str, str], timeout: float = JETSTREAM_TIMEOUT,
-                             where: Path | None = None) -> None:
+                             where: Path | None = None, data_dir: Path | None = None) -> None:
     """Until the JetStream API answers through `url`: a cluster answers once it has elected its
     meta leader, i.e. once a majority of its servers run (the first node of several waits here)."""
     deadline = time.monotonic() + timeout
     last = "no answer"
-    client = await connect(url, ADMIN, passwords=passwords, name="teebus-cluster-check")
+    client = await connect(url, ADMIN, data_dir=data_dir, passwords=passwords, name="teebus-cluster-check")
     try:
         while time.monotonic() < deadline:
             try:
@@ -182,9 +187,9 @@ async def wait_for_jetstream(url: str, passwords: dict[str, str], timeout: float
 def shared_secrets(data_dir: Path, role_names: Iterable[str], secret_files: Iterable[str] = (),
                    master_keys: Iterable[str] = ()) -> list[Path]:
     """Create (if missing) what every machine of a cluster must hold alike: the roles' passwords,
-    the route secret, `secret_files` (hex secrets) and `master_keys` (bus/sealing.py keys; the
-    manifests' `shared_keys`), all relative to `data_dir`; returns their paths, to be copied to the
-    other machines' data directories before they start."""
+    the route secret, the cluster's TLS CA (bus/cluster_tls.py), `secret_files` (hex secrets) and
+    `master_keys` (bus/sealing.py keys; the manifests' `shared_keys`), all relative to `data_dir`;
+    returns their paths, to be copied to the other machines' data directories before they start."""
     data_dir.mkdir(parents=True, exist_ok=True)
     credentials.ensure(data_dir, list(role_names))
     secrets = [users.directory(data_dir) / SECRET_FILE, *(data_dir / name for name in secret_files)]
@@ -193,7 +198,7 @@ def shared_secrets(data_dir: Path, role_names: Iterable[str], secret_files: Iter
     keys = [data_dir / name for name in master_keys]
     for path in keys:
         MasterKey.load_or_create(path)
-    return [data_dir / credentials.FILE_NAME, *secrets, *keys]
+    return [data_dir / credentials.FILE_NAME, *secrets, *cluster_tls.ensure_ca(data_dir), *keys]
 
 
 def read_layout(data_dir: Path) -> dict[str, Any] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -10,7 +11,7 @@ import nats
 from nats.aio.client import Client
 from nats.errors import AuthorizationError
 
-from bus import credentials, log
+from bus import cluster_tls, credentials, log
 from bus.roles import inbox_prefix
 
 _log = log.get_logger("bus.connection")
@@ -58,11 +59,16 @@ async def connect(url: str, role: str, data_dir: Path | None = None, name: str |
     fails over to the others and to the servers the cluster announces.
 
     Replies come to the role's own inbox prefix (bus/roles.py), the only one it may subscribe to.
+    With a `data_dir` holding a TLS cluster's CA, the connection is TLS, checked against that CA.
     A refused login is retried for `auth_settle` seconds (a user just added becomes valid when the
     server has reloaded its configuration).
     """
     if passwords is None and data_dir is not None:
         passwords = credentials.load(data_dir)
+    if data_dir is not None and "tls" not in options:
+        context = cluster_tls.client_context(data_dir)    # a TLS cluster's data directory holds its CA
+        if context is not None:
+            options = {**options, "tls": context, "tls_handshake_first": True}
     deadline = asyncio.get_running_loop().time() + auth_settle
     while True:
         try:
@@ -99,5 +105,8 @@ async def _connect_once(url: str, role: str, name: str | None, passwords: dict[s
     except asyncio.TimeoutError:
         reason = last_error[0] if last_error else "no answer"
         raise BusConnectError(f"cannot reach NATS at {_display(url)} as {role!r}: {reason}") from None
+    except ssl.SSLError as exc:
+        raise BusConnectError(f"cannot reach NATS at {_display(url)} as {role!r} over TLS ({exc.reason or exc}): "
+                              "does the data directory hold the cluster's CA, nats/tls/ca.crt?") from None
     connected = True
     return client

@@ -195,6 +195,8 @@ class EmbeddedServer:
         except (OSError, asyncio.TimeoutError):
             return False
         try:
+            if self.node is not None and self.node.tls is not None:
+                return self._jetstream_ready()   # TLS first: the server says nothing before a handshake
             line = await asyncio.wait_for(reader.readline(), 1)
             return line.startswith(b"INFO ") and self._jetstream_ready()
         except asyncio.TimeoutError:

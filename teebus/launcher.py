@@ -15,7 +15,7 @@ from nats.aio.client import Client
 
 from adapters.http.runner import INTERNAL_TOKEN_FILE, HttpServer
 from adapters.unix.server import Listener
-from bus import log, log_shipping, roles, users
+from bus import cluster_tls, log, log_shipping, roles, users
 from bus.bootstrap import prepare
 from bus.cluster import SECRET_FILE as CLUSTER_SECRET, ClusterNode, LocalCluster, wait_for_jetstream
 from bus.component import Component, Context
@@ -219,7 +219,8 @@ class Deployment:
         if self.server.node is not None:       # JetStream answers once a majority of the nodes run
             _log.info("waiting for a majority of the cluster's servers", routes=settings.routes,
                       timeout=QUORUM_TIMEOUT)
-            await wait_for_jetstream(self.server.url, self.server.passwords, QUORUM_TIMEOUT, where=self.server.home)
+            await wait_for_jetstream(self.server.url, self.server.passwords, QUORUM_TIMEOUT, where=self.server.home,
+                                     data_dir=settings.data_dir)
 
     async def _create_demo_data(self) -> None:
         admin = await connect(self.settings.url, roles.ADMIN, data_dir=self.settings.data_dir, name="teebus-demo")
@@ -289,7 +290,10 @@ def cluster_node(settings: Settings) -> ClusterNode | None:
     if not settings.routes:
         return None
     secret = ensure_secret_file(users.directory(settings.data_dir) / CLUSTER_SECRET)
-    return ClusterNode(settings.node_name, settings.cluster_port, settings.monitor_port, settings.peer_routes(), secret)
+    tls = (cluster_tls.node_files(settings.data_dir, settings.node_name, [settings.nats_host])
+           if cluster_tls.enabled(settings.data_dir) else None)
+    return ClusterNode(settings.node_name, settings.cluster_port, settings.monitor_port, settings.peer_routes(),
+                       secret, tls=tls)
 
 
 async def serve_until_signalled(runnable: Deployment | Node, banner: bool = True) -> str | None:

@@ -96,11 +96,13 @@ async def gather(client: Client, subject: str, wait: float = DISCOVERY_WAIT) -> 
     return answers
 
 
-def print_shared_secrets(data_dir: Path, systems: list[Manifest], out: TextIO = sys.stdout) -> int:
+def print_shared_secrets(data_dir: Path, systems: list[Manifest], out: TextIO | None = None) -> int:
     """`teebus cluster init`: the files every machine's data directory needs alike (never their contents)."""
+    out = out or sys.stdout
     paths = shared_secrets(data_dir, [role.name for role in roles.all_roles(systems)], [INTERNAL_TOKEN_FILE],
                            [key for manifest in systems for key in manifest.shared_keys])
-    print("Copy these to the same places in every other machine's data directory (mode 0600), before "
+    print("Copy these to the same places in every other machine's data directory (keep their modes: the "
+          "secrets are 0600), before "
           "`teebus cluster node` starts there:", file=out)
     for path in paths:
         print(f"  {path.relative_to(data_dir)}", file=out)

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import sys
 import time
 from collections import Counter
@@ -26,7 +27,8 @@ import pytest
 
 from bus.bootstrap import prepare
 from bus.cluster import LocalCluster, shared_secrets
-from bus.connection import connect
+from bus import credentials
+from bus.connection import BusConnectError, connect
 from bus.errors import Unavailable
 from bus.records import Records
 from bus.requester import Requester
@@ -37,7 +39,7 @@ from teebus.catalog import Catalog
 from teebus.launcher import Deployment, Node
 from teebus.settings import Settings, build
 from teebus.testing import free_ports, nodes
-from teebus import tools
+from teebus import cli, tools
 from teebus.tools import gather
 from tests.conftest import eventually, internal_token
 from tests.replay import record_conclave as conclave
@@ -45,6 +47,7 @@ from tests.replay import record_mesatee as mesatee
 from tests.test_mesatee_kms import SEED_CREATE, KmsHttp
 
 REPLICAS = 3
+ONE_TRY = {"connect_timeout": 0.5, "allow_reconnect": False}   # a connection meant to be refused
 REQUEST_DEADLINE = 5.0 + 1.5     # the adapters' bus timeout, and then some for the HTTP hop
 
 
@@ -295,8 +298,9 @@ async def _poll_until_answered(host: Any, enclave: str, client: Any) -> bytes:
 async def test_three_machines_each_running_a_cluster_node_serve_one_kms(tmp_path: Path, catalog: Catalog) -> None:
     """`teebus cluster init` on the first machine, its secrets copied, then `teebus cluster node`
     on each (here: three Deployments, each with a data directory of its own, started together):
-    a key created through one machine's KMS port is read through another's, and the machines'
-    servers form one JetStream cluster with the buckets replicated three times."""
+    a key created through one machine's KMS port is read through another's, the machines' servers
+    form one JetStream cluster with the buckets replicated three times, and everything between
+    them is TLS checked against the cluster's CA: a client without it is refused."""
     mesatee_only = Catalog([manifest for manifest in catalog.systems if manifest.name == "mesatee"])
     names = ("m1", "m2", "m3")
     homes = {name: tmp_path / name for name in names}
@@ -322,9 +326,17 @@ async def test_three_machines_each_running_a_cluster_node_serve_one_kms(tmp_path
         admin = await connect(deployments[1].settings.url, ADMIN, data_dir=homes["m2"])
         try:
             info = await admin.jetstream().stream_info(f"KV_{KMS_BUCKET}")
+            assert admin._transport._io_writer.get_extra_info("ssl_object") is not None   # TLS, checked
         finally:
             await admin.close()
         assert info.config.num_replicas == 3 and {p.name for p in info.cluster.replicas} | {info.cluster.leader} == set(names)
+        passwords = credentials.load(homes["m1"])
+        with pytest.raises(BusConnectError):        # plain TCP: the server wants TLS from the first byte
+            await connect(deployments[0].settings.url, ADMIN, passwords=passwords, auth_settle=0, **ONE_TRY)
+        stranger = ssl.create_default_context()      # TLS, but trusting other CAs: it cannot check the server
+        with pytest.raises(BusConnectError):
+            await connect(deployments[0].settings.url, ADMIN, passwords=passwords, auth_settle=0,
+                          tls=stranger, tls_handshake_first=True, **ONE_TRY)
     finally:
         await asyncio.gather(*(deployment.stop() for deployment in deployments), return_exceptions=True)
 
@@ -375,3 +387,16 @@ async def test_status_shows_the_servers_the_meta_leader_and_each_assets_replicas
     assert re.search(r"^JetStream meta leader: n[123] \(cluster teebus, size 3: n1, n2, n3\)$", text, re.MULTILINE), text
     for asset in ("EVENTS", "TEEBUS_PAYLOADS"):
         assert re.search(rf"^  {asset}\s+replicas 3  leader n[123] .* (ok|catching up: .*)$", text, re.MULTILINE), text
+
+
+def test_cluster_init_makes_what_every_machine_shares_and_says_what_to_copy(tmp_path: Path, capfd) -> None:
+    assert cli.main(["cluster", "init", "--data-dir", str(tmp_path)]) == 0
+    listed = [line.strip() for line in capfd.readouterr().out.splitlines()[1:]]
+    assert {"nats.credentials", "nats/cluster.secret", "internal.token", "nats/tls/ca.crt", "nats/tls/ca.key",
+            "mesatee/kms.master.key", "conclave/kds.sealing.key"} == set(listed)
+    for name in listed:
+        mode = (tmp_path / name).stat().st_mode & 0o777
+        assert mode == (0o644 if name.endswith(".crt") else 0o600), (name, oct(mode))
+    before = {name: (tmp_path / name).read_bytes() for name in listed}
+    assert cli.main(["cluster", "init", "--data-dir", str(tmp_path)]) == 0      # again: nothing replaced
+    assert before == {name: (tmp_path / name).read_bytes() for name in listed}

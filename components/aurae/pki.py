@@ -5,10 +5,8 @@ Aurae required a client certificate from its own CA on every call; teebus keeps 
 `teebus aurae cert NAME` can issue more clients), `server.crt`/`server.key` for
 `server.unsafe.aurae.io`, and client pairs `<name>.crt`/`<name>.key`, the first being `client`.
 
-Keys are EC P-256 with ECDSA-SHA256 signatures: grpcio's BoringSSL accepts them for server and
-client authentication, while Ed25519 certificates fail its handshake (NO_COMMON_SIGNATURE_ALGORITHMS,
-checked with grpcio 1.85). Validity: the CA 10 years, every leaf 5 years
-but never beyond its CA, all starting 5 minutes in the past to absorb clock skew. Renewal is by
+Certificates, keys and validity are bus/certificates.py's (EC P-256: grpcio's BoringSSL refuses
+Ed25519 certificates, NO_COMMON_SIGNATURE_ALGORITHMS with grpcio 1.85). Renewal is by
 removal: a missing server pair is reissued from the existing CA on the next start, a client by
 issuing a new name. Private keys are written 0600, the folder is created 0700. Once the pairs
 exist, `ca.key` may be kept offline: only issuing needs it, and says so when it is missing.
@@ -16,29 +14,18 @@ exist, `ca.key` may be kept offline: only issuing needs it, and says so when it 
 
 from __future__ import annotations
 
-import datetime as dt
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from bus.credentials import write_private
+from bus import certificates
 
 SERVER_NAME = "server.unsafe.aurae.io"
 FIRST_CLIENT = "client"
-CA_VALIDITY = dt.timedelta(days=3650)
-LEAF_VALIDITY = dt.timedelta(days=5 * 365)
-CLOCK_SKEW = dt.timedelta(minutes=5)
 RESERVED = frozenset({"ca", "server"})
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-Key = ec.EllipticCurvePrivateKey
-
 
 class PkiError(RuntimeError):
     """The PKI folder is in a state teebus will not repair by itself (it never overwrites)."""
@@ -130,111 +117,23 @@ def _create_ca(paths: Paths) -> None:
         names = ", ".join(p.name for p in leftovers)
         raise PkiError(f"{paths.ca_cert} is missing but {names} exist: restore ca.crt, or move the "
                        f"folder {paths.directory} aside to start a new CA")
-    key = _new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "teebus"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, "teebus aurae CA")])
-    now = _now()
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW).not_valid_after(now + CA_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(cert_sign=True), critical=True)
-        .add_extension(ski, critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    _write_pair(paths.ca_cert, cert, paths.ca_key, key)
+    cert, key = certificates.new_ca("teebus aurae CA")
+    certificates.write_new_pair(paths.ca_cert, cert, paths.ca_key, key)
 
 
-def _load_ca(paths: Paths) -> tuple[x509.Certificate, Key]:
+def _load_ca(paths: Paths) -> tuple[x509.Certificate, certificates.Key]:
     if not paths.ca_key.exists():
         raise PkiError(f"{paths.ca_key} is missing, so no certificate can be issued: restore it")
-    cert = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
-    key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
-    if not isinstance(key, Key) or key.public_key() != cert.public_key():
-        raise PkiError(f"{paths.ca_key} does not belong to {paths.ca_cert}")
-    return cert, key
+    try:
+        return certificates.load_pair(paths.ca_cert, paths.ca_key)
+    except ValueError as exc:
+        raise PkiError(str(exc)) from None
 
 
-def _issue(cert_path: Path, key_path: Path, ca_cert: x509.Certificate, ca_key: Key,
+def _issue(cert_path: Path, key_path: Path, ca_cert: x509.Certificate, ca_key: certificates.Key,
            common_name: str, *, server: bool) -> None:
     """A leaf pair signed by the CA, for `server.unsafe.aurae.io` or for the client `common_name`."""
-    key = _new_key()
-    now = _now()
-    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "teebus"),
-                                 x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(min(now + LEAF_VALIDITY, ca_cert.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-    )
-    if server:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(SERVER_NAME)]), critical=False)
-    _write_pair(cert_path, builder.sign(ca_key, hashes.SHA256()), key_path, key)
-
-
-def _write_pair(cert_path: Path, cert: x509.Certificate, key_path: Path, key: Key) -> None:
-    """The certificate is claimed first (atomically, never over an existing file), then its key;
-    a failure in between removes the certificate, so no half pair is left and none is overwritten."""
-    _write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM))
-    try:
-        if key_path.exists():
-            raise FileExistsError(f"{key_path} already exists; it is left as it was")
-        write_private(key_path, _key_pem(key))
-    except BaseException:
-        cert_path.unlink(missing_ok=True)
-        raise
-
-
-def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                         data_encipherment=False, key_agreement=False, key_cert_sign=cert_sign,
-                         crl_sign=cert_sign, encipher_only=False, decipher_only=False)
-
-
-def _new_key() -> Key:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _key_pem(key: Key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    """Write a public file (0644) atomically and durably; FileExistsError if it already exists."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise FileExistsError(f"{path} already exists; it is left as it was") from None
-    finally:
-        os.unlink(tmp)
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    cert, key = certificates.issue(ca_cert, ca_key, common_name,
+                                   usages=[certificates.SERVER if server else certificates.CLIENT],
+                                   names=[SERVER_NAME] if server else [])
+    certificates.write_new_pair(cert_path, cert, key_path, key)

@@ -95,7 +95,8 @@ class KeepProcess:
 
     async def _connect(self) -> Client:
         user, password = os.environ["TEEBUS_KEEP_USER"], os.environ["TEEBUS_KEEP_PASSWORD"]
-        return await connect(self.args.nats, user, passwords={user: password}, name=f"keep-{self.args.kuuid}",
+        return await connect(self.args.nats, user, passwords={user: password}, data_dir=Path(self.args.data_dir),
+                             name=f"keep-{self.args.kuuid}",
                              auth_settle=AUTH_RETRY_SECONDS,
                              inbox_prefix=keep_access.inbox_prefix(self.args.kuuid),
                              disconnected_cb=self._disconnected, reconnected_cb=self._reconnected)
