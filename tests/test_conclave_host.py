@@ -176,6 +176,18 @@ async def test_a_full_mailbox_refuses_and_the_sender_may_resend(conclave, sessio
         await mail_store.ensure_stream(await connect_as("conclave"), ConclaveConfig())  # the default depth again
 
 
+async def test_after_an_unanswered_delete_a_mail_counts_as_taken_only_once_it_is_gone(connect_as):
+    """What `take` asks when its delete got no answer (a cluster losing a server): a mail still in
+    the mailbox was not taken (the poller hears 504 and polls again); a gone one is handed out."""
+    conclave_role = await connect_as("conclave")
+    await mail_store.ensure_stream(conclave_role, ConclaveConfig())
+    js = conclave_role.jetstream()
+    stored = await js.publish(mail_store.subjects.stored_mail("unanswered", "hint"), b"mail")
+    assert not await mail_store._gone(js, stored.seq)
+    await js.delete_msg(mail_store.subjects.MAIL_STREAM, stored.seq)
+    assert await mail_store._gone(js, stored.seq)
+
+
 # -- state and bounds ---------------------------------------------------------------------------------
 
 async def test_key_value_state_is_sealed_and_restored(conclave, session):

@@ -15,6 +15,8 @@ import asyncio
 from dataclasses import dataclass
 
 from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.client import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
 
@@ -81,8 +83,23 @@ async def take(client: Client, enclave: str, routing_hint: str) -> Taken | None:
             if isinstance(exc, NotFoundError) or exc.err_code in _GONE:
                 continue          # another poller took it first
             raise
+        except NatsTimeout:
+            if not await _gone(js, found.seq):
+                raise             # not deleted: it stays queued, the poller hears 504 and polls again
+            # Deleted, by us or by a racing poller: hand it out. Twice at worst, which a Conclave
+            # client refuses as a replay (its sequence number); once lost, it would refuse every
+            # later mail as a gap.
         return Taken(found.data or b"", found.seq)
     raise Unavailable("this Correlation-ID is being polled by many at once; poll again")
+
+
+async def _gone(js: JetStreamContext, seq: int) -> bool:
+    """Whether the mailbox no longer holds message `seq` (asked after a delete went unanswered)."""
+    try:
+        await js.get_msg(subjects.MAIL_STREAM, seq=seq, direct=True)
+    except NotFoundError:
+        return True
+    return False
 
 
 async def wait_and_take(client: Client, enclave: str, routing_hint: str, wait: float) -> Taken | None:
