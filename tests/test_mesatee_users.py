@@ -1,27 +1,39 @@
 """The MesaTEE user registry: tokens hashed at rest, one 401 for every failure, a cache that forgets
-a rotated or removed token at once (on every replica), and `teebus users` as a person runs it."""
+a rotated or removed token at once (on every replica), and `teebus users` and `teebus up --demo` as a
+person runs them (through `teebus.cli.main`, the command line's own parser)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import itertools
 import os
+import signal
+import sys
+from pathlib import Path
+from typing import Iterator
 
+import aiohttp
 import orjson
 import pytest
+import structlog
 
 from bus import log
 from bus.component import Incoming
 from bus.errors import BadRequest, Conflict, NotFound, Unauthorized
 from bus.records import Records
 from bus.requester import Requester
+from bus.server import free_port
 from components.mesatee import subjects
 from components.mesatee.auth import authenticate
 from components.mesatee.config import MesateeConfig
 from components.mesatee.user_store import BUCKET, UserRecord, hash_token, parse_user_id, verify_token
 from components.mesatee.users import UNAUTHORIZED, UsersComponent, VerifiedTokens
 from components.mesatee.users_cli import create_demo_users, main
+from teebus.cli import main as teebus_main
+from teebus.settings import REPO_ROOT
 from teebus.testing import settings_for
 from tests.conftest import eventually
 
@@ -357,3 +369,144 @@ def test_a_new_token_never_looks_like_an_option():
     from components.mesatee.user_store import new_token
     tokens = [new_token() for _ in range(3000)]     # about 47 would begin with "-" by chance
     assert not [t for t in tokens if t.startswith("-")] and len(set(tokens)) == 3000
+
+
+# -- `teebus users` and `teebus up [--demo]` through the command line ------------------------------------
+
+@contextlib.contextmanager
+def logging_kept() -> Iterator[None]:
+    """`teebus.cli.main` configures structlog for its process: put this test process's setting back."""
+    saved = structlog.get_config()
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+
+
+async def teebus(capsys, *argv: str) -> tuple[int, str, str]:
+    """`teebus ARGV` through teebus.cli.main (in a thread: it runs an event loop of its own): the exit
+    status, stdout and stderr."""
+    capsys.readouterr()
+    with logging_kept():
+        status = await asyncio.to_thread(teebus_main, list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def listed_users(out: str) -> list[str]:
+    """The user names of `teebus users list`'s table (a header line, then a user per line)."""
+    lines = out.splitlines()
+    if not lines:
+        return []
+    assert lines[0].split() == ["USER", "CREATED", "ROTATED"], out
+    return [line.split()[0] for line in lines[1:]]
+
+
+async def test_teebus_users_add_and_list_through_the_command_line(users, requester, bus, capsys, monkeypatch):
+    where = ("--data-dir", str(bus.data_dir), "--nats", bus.url, "--log-level", "warning")
+    name = unique("cmd")
+    status, out, err = await teebus(capsys, "users", "add", name, *where)
+    token = out.strip()
+    assert status == 0 and out == token + "\n" and "shown only now" in err and token not in err, err
+    assert await authenticate(requester, name, token) == name
+
+    chosen = unique("cmd")
+    monkeypatch.setattr("sys.stdin", io.StringIO("a-token-from-stdin\n"))
+    status, out, err = await teebus(capsys, "users", "add", chosen, "--token", "-", *where)
+    assert (status, out) == (0, "") and "a-token-from-stdin" not in err, err
+    assert await authenticate(requester, chosen, "a-token-from-stdin") == chosen
+
+    status, out, _ = await teebus(capsys, "users", "list", *where)
+    assert status == 0 and {name, chosen} <= set(listed_users(out))
+    assert token not in out and "a-token-from-stdin" not in out and "scrypt" not in out
+
+    status, out, err = await teebus(capsys, "users", "add", name, *where)
+    assert (status, out) == (1, "") and f"user {name} already exists" in err
+
+
+class Up:
+    """`teebus up` as a person starts it (`python -m teebus.cli up`), on a data directory of its own with
+    every site and the nats-server on free ports; stderr kept in a file."""
+
+    def __init__(self, data_dir: Path, catalog, log: Path) -> None:
+        self.data_dir, self.log = data_dir, log
+        self.nats_url = f"nats://127.0.0.1:{free_port()}"
+        self.ports = {site: free_port() for site in catalog.ports()}
+        self.process: asyncio.subprocess.Process | None = None
+        self.output = ""
+
+    async def start(self, *options: str, timeout: float = 60) -> None:
+        argv = ["up", "--data-dir", str(self.data_dir), "--nats-port", self.nats_url.rsplit(":", 1)[1],
+                "--log-level", "warning", *options]
+        for site, port in self.ports.items():
+            argv += ["--port", f"{site}={port}"]
+        with open(self.log, "ab") as stderr:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "teebus.cli", *argv, cwd=REPO_ROOT, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=stderr, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            async with asyncio.timeout(timeout):
+                while "Ctrl-C stops everything." not in self.output:
+                    line = await self.process.stdout.readline()
+                    if not line:      # it exited
+                        break
+                    self.output += line.decode()
+        except TimeoutError:
+            pass
+        if "Ctrl-C stops everything." not in self.output:
+            await self.stop()
+            raise AssertionError(f"teebus up did not come up: rc={self.process.returncode} out={self.output!r} "
+                                 f"err={self.log.read_text()!r}")
+
+    def where(self) -> tuple[str, ...]:
+        return ("--data-dir", str(self.data_dir), "--nats", self.nats_url, "--log-level", "warning")
+
+    async def tms_list(self, user: str, token: str) -> int:
+        """The status a TMS List of (user, token) gets on this deployment's mesatee-tms site."""
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"http://127.0.0.1:{self.ports['mesatee-tms']}/",
+                                    data=orjson.dumps({"type": "List", "user_id": user, "user_token": token})) as reply:
+                return reply.status
+
+    async def stop(self) -> int:
+        """SIGTERM, as Ctrl-C would; the exit status (SIGKILL after 20 s)."""
+        process = self.process
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 20)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        return process.returncode
+
+
+async def test_teebus_up_demo_creates_the_seeds_users(tmp_path, catalog, capsys):
+    up = Up(tmp_path / "data", catalog, tmp_path / "up.stderr")
+    await up.start("--demo")
+    try:
+        status, out, _ = await teebus(capsys, "users", "list", *up.where())
+        assert status == 0 and listed_users(out) == ["user1", "user2"], out
+        assert await up.tms_list("user1", "token1") == 200     # the seed's examples run verbatim
+        assert await up.tms_list("user2", "token2") == 200
+        assert await up.tms_list("user1", "token2") == 401
+    finally:
+        code = await up.stop()
+    assert code == 0, up.log.read_text()
+    assert "demo data created" in up.log.read_text()
+
+
+async def test_teebus_up_without_demo_has_no_user1(tmp_path, catalog, capsys):
+    up = Up(tmp_path / "data", catalog, tmp_path / "up.stderr")
+    await up.start()
+    try:
+        status, out, err = await teebus(capsys, "users", "list", *up.where())
+        assert status == 0 and listed_users(out) == [] and "no users yet" in err, (out, err)
+        assert await up.tms_list("user1", "token1") == 401
+        status, out, _ = await teebus(capsys, "users", "add", "alice", *up.where())
+        assert status == 0 and await up.tms_list("alice", out.strip()) == 200
+        status, out, _ = await teebus(capsys, "users", "list", *up.where())
+        assert listed_users(out) == ["alice"]
+    finally:
+        code = await up.stop()
+    assert code == 0, up.log.read_text()
