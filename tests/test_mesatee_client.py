@@ -55,9 +55,9 @@ async def stack(bus, catalog):
 
 
 @pytest.fixture
-async def users(stack, bus):
+async def users(stack, connect_as):
     """Two fresh users of this test (tests share one bus): (name, token) pairs."""
-    requester = Requester(await bus.scope().connect("admin"))
+    requester = Requester(await connect_as("admin"))
     made = []
     for _ in range(2):
         name = f"c{uuid.uuid4().hex[:10]}"
@@ -212,9 +212,9 @@ async def approved_psi(stack: Stack, users, tmp_path: Path) -> tuple[dict, Mesat
     return created, first, second
 
 
-async def test_watch_follows_a_task_through_its_events_to_the_end(stack, users, bus, tmp_path):
+async def test_watch_follows_a_task_through_its_events_to_the_end(stack, users, connect_as, tmp_path):
     created, first, second = await approved_psi(stack, users, tmp_path)
-    observer = await bus.scope().connect("observer")
+    observer = await connect_as("observer")
     changes: list[dict] = []
     try:
         watching = asyncio.create_task(watch_task(first, created["task_id"], observer, timeout=30,
@@ -255,9 +255,9 @@ async def test_watch_of_an_ended_task_returns_at_once_and_polls_without_a_bus(st
     assert polled[-1]["status"] == "Failed" and "payload" in polled[-1]["reason"]
 
 
-async def test_watch_gives_up_after_its_timeout(stack, users, bus, tmp_path):
+async def test_watch_gives_up_after_its_timeout(stack, users, connect_as, tmp_path):
     created, first, second = await approved_psi(stack, users, tmp_path)
-    observer = await bus.scope().connect("observer")
+    observer = await connect_as("observer")
     try:
         with pytest.raises(TimeoutError, match="still Created"):
             await watch_task(first, created["task_id"], observer, timeout=0.3)
