@@ -27,7 +27,8 @@ from components.cyborg import conductor_messages, subjects
 from components.cyborg.agent import Agent
 from components.cyborg.config import CyborgConfig
 from components.cyborg.driver import InventoryDriver, NvidiaDriver, PciDriver
-from components.cyborg.hardware import HEALTHY, UNHEALTHY, device_uuid
+from components.cyborg.external_driver import MAX_BODY, MAX_DEPTH
+from components.cyborg.hardware import HEALTHY, UNHEALTHY, Device, device_uuid, to_seed_json
 from components.cyborg.health import VANISHED
 from tests.conftest import eventually, internal_token
 from tests.test_cyborg_discovery import SEED_EXAMPLE, FakeNVML, add_function, fake_gpus
@@ -67,7 +68,8 @@ def config_for(tmp_path: Path, **overrides: Any) -> CyborgConfig:
 
 
 class ConductorStandIn(Component):
-    """The conductor's three calls, answered as the contract says, and recorded per host."""
+    """The conductor's calls an agent makes, answered as the contract says, and recorded per host;
+    `shown` is what its hardware query answers for a host (the agent seeds its health from it)."""
 
     system = subjects.SYSTEM
     name = "conductor-standin"
@@ -77,11 +79,19 @@ class ConductorStandIn(Component):
         self.heartbeats: list[dict] = []
         self.reports: list[dict] = []
         self.known: set[str] = set()
+        self.shown: dict[str, list[dict]] = {}
+        self.queries: list[dict] = []
 
     def endpoints(self) -> list[Endpoint]:
         return [Endpoint("hello", subjects.CONDUCTOR_HELLO, self.hello),
                 Endpoint("heartbeat", subjects.CONDUCTOR_HEARTBEAT, self.heartbeat),
-                Endpoint("report", subjects.CONDUCTOR_REPORT, self.report)]
+                Endpoint("report", subjects.CONDUCTOR_REPORT, self.report),
+                Endpoint("hardware", subjects.CONDUCTOR_HARDWARE, self.hardware)]
+
+    async def hardware(self, incoming: Incoming) -> dict:
+        query = conductor_messages.parse_hardware_query(incoming.payload)
+        self.queries.append(query.to_dict())
+        return {"hardware": self.shown.get(query.host, []), "revision": len(self.reports)}
 
     async def hello(self, incoming: Incoming) -> dict:
         conductor_messages.parse_hello(incoming.payload)               # the real conductor's checks
@@ -343,6 +353,128 @@ async def test_a_flapping_device_recovers_only_after_clean_probes(tmp_path, star
     assert recovering                                               # progress is reported too
 
 
+def transitions_of(conductor: ConductorStandIn, host: str, after: int = 0) -> list[dict]:
+    return [t for report in conductor.of(host)[after:] for t in report["transitions"]]
+
+
+async def test_a_restarted_agent_holds_a_device_the_conductor_shows_unhealthy_until_clean_probes(
+        tmp_path, start_component, connect_as):
+    config = config_for(tmp_path, healthy_after=3)
+    sysfs_tree(tmp_path / "sys")
+    conductor = await start_component(ConductorStandIn)
+    await start_component(PciDriver, config=config)
+    agent: Agent = await start_component(Agent, config=config)
+    gateway = Requester(await connect_as("gateway"))
+    await eventually(lambda: conductor.of(config.host))
+    gpu = device_uuid(config.host, GPU)
+    config_space = next((tmp_path / "sys" / "devices").glob(f"**/{GPU}")) / "config"
+    good = config_space.read_bytes()
+    config_space.write_bytes(b"\xff" * 64)                          # fell off the bus
+    await rediscover(gateway, agent)
+    [failed] = [e for e in conductor.of(config.host)[-1]["changed"] if e["uuid"] == gpu]
+    assert failed["teebus"]["health"] == UNHEALTHY and "0xffff" in failed["teebus"]["health_reason"]
+    conductor.shown[config.host] = [failed]                         # what the conductor now shows
+
+    # fixed while the agent restarts: every probe from now on is clean
+    await agent.stop()
+    config_space.write_bytes(good)
+    reports = len(conductor.of(config.host))
+    again: Agent = await start_component(Agent, config=config)
+    await eventually(lambda: len(conductor.of(config.host)) > reports)
+    assert {"host": config.host} in conductor.queries
+    first = conductor.of(config.host)[reports]
+    assert first["full"] is True and first["transitions"] == []
+    entry = next(e for e in first["added"] if e["uuid"] == gpu)
+    assert entry["teebus"]["health"] == UNHEALTHY          # one clean probe (the start's round) is not three
+    assert entry["teebus"]["health_reason"] == ("recovering (1 of 3 clean probes) after: "
+                                                + failed["teebus"]["health_reason"])
+    await rediscover(gateway, again)                                # the second clean probe
+    assert next(d for d in again.current if d.uuid == gpu).health == UNHEALTHY
+    assert transitions_of(conductor, config.host, reports) == []
+    await rediscover(gateway, again)                                # the third: Healthy, one transition
+    assert next(d for d in again.current if d.uuid == gpu).health == HEALTHY
+    await rediscover(gateway, again)
+    changes = transitions_of(conductor, config.host, reports)
+    assert [(t["uuid"], t["from"], t["to"]) for t in changes] == [(gpu, UNHEALTHY, HEALTHY)]
+    assert changes[0]["reason"] == f"3 consecutive clean probes after: {failed['teebus']['health_reason']}"
+
+
+async def test_an_agent_started_while_no_conductor_answers_seeds_its_health_at_its_hello(
+        tmp_path, start_component, connect_as):
+    config = config_for(tmp_path, healthy_after=3)
+    sysfs_tree(tmp_path / "sys")
+    gpu = device_uuid(config.host, GPU)
+    await start_component(PciDriver, config=config)
+    agent: Agent = await start_component(Agent, config=config)
+    gateway = Requester(await connect_as("gateway"))
+    await rediscover(gateway, agent)                                # two clean probes, no conductor to ask
+    assert all(d.health == HEALTHY for d in agent.current)
+
+    # the conductor comes (back): it shows the GPU Unhealthy, recovering, from before the agent's restart
+    shown = to_seed_json(Device(gpu, config.host, "GPU", address=GPU, vendor="10de", product="2330",
+                                health=UNHEALTHY, health_reason="recovering (2 of 3 clean probes) after: Xid 79"))
+    conductor = await start_component(ConductorStandIn)
+    conductor.shown[config.host] = [shown]
+    await eventually(lambda: conductor.of(config.host))
+    first = conductor.of(config.host)[0]
+    assert first["full"] is True and first["transitions"] == []
+    entry = next(e for e in first["added"] if e["uuid"] == gpu)
+    assert (entry["teebus"]["health"], entry["teebus"]["health_reason"]) == (UNHEALTHY, "Xid 79")
+    for expected in (UNHEALTHY, UNHEALTHY, HEALTHY):                # three clean probes from the hello on
+        await rediscover(gateway, agent)
+        assert next(d for d in agent.current if d.uuid == gpu).health == expected
+    changes = transitions_of(conductor, config.host)
+    assert [(t["uuid"], t["from"], t["to"], t["reason"]) for t in changes] == [
+        (gpu, UNHEALTHY, HEALTHY, "3 consecutive clean probes after: Xid 79")]
+
+
+def as_the_conductor_shows(entry: dict) -> dict:
+    """An entry as the conductor's hardware query answers it: its own fields added under teebus."""
+    return {**entry, "teebus": {**entry["teebus"], "stale": False, "revision": 7, "history": []}}
+
+
+async def test_a_restarted_agent_holds_a_slow_drivers_devices_as_the_conductor_shows_them(
+        tmp_path, start_component, connect_as):
+    config = config_for(tmp_path, healthy_after=3)
+    sysfs_tree(tmp_path / "sys")
+    conductor = await start_component(ConductorStandIn)
+    driver = await start_component(PciDriver, config=config)
+    agent: Agent = await start_component(Agent, config=config)
+    await eventually(lambda: conductor.of(config.host))
+    first = conductor.of(config.host)[0]
+    gpu, fpga = device_uuid(config.host, GPU), device_uuid(config.host, FPGA)
+    shown = {entry["uuid"]: entry for entry in first["added"]}
+    assert set(shown) == {gpu, fpga}
+    shown[fpga] = {**shown[fpga], "teebus": {**shown[fpga]["teebus"], "health": UNHEALTHY,
+                                             "health_reason": "xclmgmt is bound but the device is disabled"}}
+    conductor.shown[config.host] = [as_the_conductor_shows(entry) for entry in shown.values()]
+
+    # the agent restarts before its driver is back: the driver's devices are held as the conductor shows them
+    await agent.stop()
+    await driver.stop()
+    reports = len(conductor.of(config.host))
+    again: Agent = await start_component(Agent, config=config)
+    await eventually(lambda: len(conductor.of(config.host)) > reports)
+    full = conductor.of(config.host)[reports]
+    assert full["full"] is True and full["removed"] == [] and full["transitions"] == []
+    assert {e["uuid"]: e["teebus"]["health"] for e in full["added"]} == {gpu: HEALTHY, fpga: UNHEALTHY}
+    assert again.drivers["pci"].status == "SILENT"
+
+    # the driver is back: its devices are probed (all clean), the FPGA recovers after three probes
+    await start_component(PciDriver, config=config)
+    gateway = Requester(await connect_as("gateway"))
+    await eventually(lambda: again.drivers["pci"].status == "READY" and not again.in_progress)
+    while next(d for d in again.current if d.uuid == fpga).health == UNHEALTHY:
+        await rediscover(gateway, again)
+    await rediscover(gateway, again)
+    later = conductor.of(config.host)[reports:]
+    assert all(report["removed"] == [] for report in later)
+    changes = transitions_of(conductor, config.host, reports)
+    assert [(t["uuid"], t["from"], t["to"], t["reason"]) for t in changes] == [
+        (fpga, UNHEALTHY, HEALTHY, "3 consecutive clean probes after: xclmgmt is bound but the device is disabled")]
+    assert {d.uuid for d in again.current} == {gpu, fpga}
+
+
 async def test_the_conductor_forgetting_the_host_gets_hello_and_a_full_report(tmp_path, start_component):
     config = config_for(tmp_path)
     sysfs_tree(tmp_path / "sys")
@@ -601,3 +733,143 @@ async def test_an_external_http_driver_registered_polled_then_silent(tmp_path, h
     finally:
         external.wake.set()
         await external.stop()
+
+
+class MisbehavingDriver:
+    """An external driver whose `GET /hardware` answers as `mode` says: the seed's example
+    ("good"), or what the agent must refuse. A redirect points at `/elsewhere`, which serves a
+    device of its own: a followed redirect would show."""
+
+    ELSEWHERE = "0f0f0f0f-1111-4222-8333-444455556666"
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.mode = "good"
+        self.elsewhere = 0
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/discovery", self.discovery)
+        app.router.add_get("/hardware", self.hardware)
+        app.router.add_get("/elsewhere/hardware", self.other)
+        self.runner = web.AppRunner(app, shutdown_timeout=1.0)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def discovery(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "IN-PROGRESS"})
+
+    async def other(self, request: web.Request) -> web.Response:
+        self.elsewhere += 1
+        entry = {**json.loads(SEED_EXAMPLE)["hardware"][0], "uuid": self.ELSEWHERE}
+        return web.json_response({"hardware": [entry]})
+
+    async def hardware(self, request: web.Request) -> web.StreamResponse:
+        mode = self.mode
+        if mode == "good":
+            return web.Response(text=SEED_EXAMPLE, content_type="application/json")
+        if mode == "huge":                              # says its size up front
+            return web.Response(body=b'{"hardware": [], "problem": "' + b"x" * MAX_BODY + b'"}',
+                                content_type="application/json")
+        if mode == "huge-chunked":                      # says nothing: the agent counts as it reads
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            try:
+                await response.write(b'{"hardware": [], "problem": "')
+                for _ in range(MAX_BODY // 65536 + 2):
+                    await response.write(b"x" * 65536)
+                await response.write(b'"}')
+                await response.write_eof()
+            except (ConnectionError, RuntimeError):
+                pass                                    # the agent hung up: as it should
+            return response
+        if mode == "redirect":
+            raise web.HTTPFound(f"http://127.0.0.1:{self.port}/elsewhere/hardware")
+        if mode == "not-json":
+            return web.Response(text="<html><body><h1>502 Bad Gateway</h1></body></html>", content_type="text/html")
+        if mode in ("deep", "very-deep"):
+            levels = MAX_DEPTH + 8 if mode == "deep" else 5000
+            entry = json.loads(SEED_EXAMPLE)["hardware"][0]
+            text = json.dumps({"hardware": [{**entry, "acc_specs": {**entry["acc_specs"], "acc_capability": {
+                "nested": "@"}}}]})
+            return web.Response(text=text.replace('"@"', "[" * levels + "]" * levels), content_type="application/json")
+        raise AssertionError(mode)
+
+
+@pytest.mark.parametrize("mode,problem", [
+    ("huge", "bytes: more than the 4 MiB an external driver's answer may be"),
+    ("huge-chunked", "bytes: more than the 4 MiB an external driver's answer may be"),
+    ("redirect", "answered HTTP 302, a redirect to http://127.0.0.1:{port}/elsewhere/hardware: "
+                 "the agent follows no redirect"),
+    ("not-json", "answered what is not JSON"),
+    ("deep", f"answered JSON nested deeper than {MAX_DEPTH} levels"),
+    ("very-deep", f"answered JSON nested deeper than {MAX_DEPTH} levels"),
+], ids=["huge", "huge-chunked", "redirect", "not-json", "deep", "very-deep"])
+async def test_an_external_driver_answering_past_the_limits_is_silent_and_nothing_of_it_is_kept(
+        tmp_path, start_component, connect_as, mode, problem):
+    config = config_for(tmp_path, drivers=(), driver_timeout_seconds=5.0)
+    conductor = await start_component(ConductorStandIn)
+    agent: Agent = await start_component(Agent, config=config)
+    watcher = await connect_as("admin")
+    silent: list[dict] = []
+
+    async def collect(msg) -> None:
+        silent.append(json.loads(msg.data))
+
+    await watcher.subscribe("events.cyborg.driver.silent", cb=collect)
+    driver = MisbehavingDriver()
+    await driver.start()
+    try:
+        gateway = Requester(await connect_as("gateway"))
+        hello = {"status": "READY", "endpoint": f"127.0.0.1:{driver.port}", "type": "CRYPTO"}
+        name = (await gateway.request(subjects.agent_hello(config.host), hello)).payload["driver"]
+        seed_uuid = json.loads(SEED_EXAMPLE)["hardware"][0]["uuid"]
+
+        def reported() -> set[str]:
+            return {e["uuid"] for r in conductor.of(config.host) for e in r["added"] + r["changed"]}
+
+        await eventually(lambda: seed_uuid in reported() and not agent.in_progress)
+        assert agent.drivers[name].status == "READY"
+        good = list(agent.current)
+        reports = len(conductor.of(config.host))
+        registration = (await agent.registry.find(f"{config.host}.{name}")).value
+
+        driver.mode = mode
+        started = time.monotonic()
+        await rediscover(gateway, agent)
+        assert time.monotonic() - started < config.driver_timeout_seconds, "bounded well within the timeout"
+        state = agent.drivers[name]
+        assert state.status == "SILENT", (mode, state.problem)
+        assert problem.format(port=driver.port) in state.problem, state.problem
+        assert f"127.0.0.1:{driver.port}/hardware" in state.problem          # which driver, which call
+        assert driver.elsewhere == 0                                        # no redirect followed
+        await eventually(lambda: [e for e in silent if e["driver"] == name])
+        assert [e["reason"] for e in silent if e["driver"] == name] == [state.problem]
+
+        # nothing of the answer is kept: its last good devices stand, Healthy; nothing new reported
+        assert agent.current == good and [d.uuid for d in good] == [seed_uuid]
+        assert all(d.health == HEALTHY for d in agent.current)
+        assert len(conductor.of(config.host)) == reports
+        assert (await agent.registry.find(f"{config.host}.{name}")).value == registration
+
+        # the agent keeps serving
+        document = (await gateway.request(subjects.agent_hardware(config.host))).payload
+        assert [e["uuid"] for e in document["hardware"]] == [seed_uuid]
+        assert [(d["driver"], d["status"], d["problem"]) for d in document["drivers"]] == [
+            (name, "SILENT", state.problem)]
+        assert (await gateway.request(subjects.agent_discovery(config.host), {})).payload == {"status": "IN-PROGRESS"}
+        await settled(agent)
+
+        # answering well again, it is READY
+        driver.mode = "good"
+        await rediscover(gateway, agent)
+        assert agent.drivers[name].status == "READY" and agent.drivers[name].problem is None
+        assert agent.current == good
+    finally:
+        await driver.stop()

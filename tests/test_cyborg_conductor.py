@@ -275,6 +275,59 @@ async def test_reports_since_filters_and_history(start_component, cyborg, events
     assert {r["uuid"] for r in body["removed"]} == {nic["uuid"], fpga["uuid"]}
 
 
+async def test_every_health_change_is_one_transition_whatever_the_agent_remembered(start_component, cyborg,
+                                                                                     events):
+    """An agent that lost its health state (restarted) may send an entry whose health changed without
+    a transition, or a transition from a health the conductor never showed: the history and the
+    events still hold one transition per change of the health shown."""
+    await start_component(Conductor, config=SLOW)
+    host = new_host()
+    await hello(cyborg, host)
+    gpu = device(host, 1)
+    await report(cyborg, host, full=True, added=[gpu])
+
+    def history() -> Any:
+        return hardware(cyborg, host=host)
+
+    # Unhealthy without a transition: one is derived, with the entry's reason
+    sick = device(host, 1, health="Unhealthy", health_reason="Xid 79: fell off the bus")
+    await report(cyborg, host, changed=[sick])
+    [entry] = (await history())["hardware"]
+    [derived] = entry["teebus"]["history"]
+    assert (derived["from"], derived["to"], derived["reason"], derived["derived"]) == (
+        "Healthy", "Unhealthy", "Xid 79: fell off the bus", True)
+    await eventually(lambda: events.of("device.unhealthy", uuid=gpu["uuid"]))
+    [event] = events.of("device.unhealthy", uuid=gpu["uuid"])
+    assert (event["from"], event["to"], event["derived"]) == ("Healthy", "Unhealthy", True)
+
+    # a restarted agent's full report: Healthy -> Unhealthy for a device shown Unhealthy all along
+    # changes nothing shown: no history entry, no event
+    await report(cyborg, host, full=True, added=[sick], transitions=[
+        {"uuid": gpu["uuid"], "from": "Healthy", "to": "Unhealthy", "reason": "Xid 79: fell off the bus", "at": 9.0}])
+    assert (await history())["hardware"][0]["teebus"]["history"] == [derived]
+
+    # Healthy again without a transition (an agent that forgot it): derived; with one: as reported
+    await report(cyborg, host, changed=[gpu])
+    back = (await history())["hardware"][0]["teebus"]["history"][-1]
+    assert (back["from"], back["to"], back["derived"]) == ("Unhealthy", "Healthy", True)
+    assert "without a transition" in back["reason"]
+    await report(cyborg, host, changed=[sick], transitions=[
+        {"uuid": gpu["uuid"], "from": "Healthy", "to": "Unhealthy", "reason": "Xid 79: fell off the bus", "at": 10.0}])
+    steps = (await history())["hardware"][0]["teebus"]["history"]
+    assert [(h["from"], h["to"], h.get("derived", False)) for h in steps] == [
+        ("Healthy", "Unhealthy", True), ("Unhealthy", "Healthy", True), ("Healthy", "Unhealthy", False)]
+
+    # a device added Unhealthy without its transition: derived from the presumed Healthy
+    fpga = device(host, 2, "FPGA", health="Unhealthy", health_reason="PCIe link down")
+    await report(cyborg, host, added=[fpga])
+    fpga_history = next(e for e in (await history())["hardware"] if e["uuid"] == fpga["uuid"])["teebus"]["history"]
+    assert [(h["from"], h["to"], h["reason"], h["derived"]) for h in fpga_history] == [
+        ("Healthy", "Unhealthy", "PCIe link down", True)]
+    await eventually(lambda: len(events.of("device.unhealthy", host=host)) == 3
+                     and len(events.of("device.healthy", host=host)) == 1)
+    assert [e.get("derived", False) for e in events.of("device.unhealthy", host=host)] == [True, False, True]
+
+
 async def test_another_hosts_device_is_refused_alone_and_the_rest_of_the_report_counts(start_component, cyborg,
                                                                                        events):
     await start_component(Conductor, config=SLOW)

@@ -625,6 +625,22 @@ def test_history_is_bounded() -> None:
     assert history[-1].after == HEALTHY and history[-2].reason == "failure 48"
 
 
+def test_a_seeded_device_is_unhealthy_without_a_transition_until_clean_probes() -> None:
+    """An agent's restart: the book takes a device Unhealthy as the conductor shows it."""
+    book = HealthBook(HealthPolicy(recover_after=3))
+    shown = health.DeviceHealth(UNHEALTHY, "Xid 79", 2).describe(book.policy)
+    assert shown == "recovering (2 of 3 clean probes) after: Xid 79"
+    assert health.failure_of(shown) == "Xid 79" and health.failure_of("Xid 79") == "Xid 79"
+    assert "u" not in book and book.seed("u", health.failure_of(shown)) and "u" in book
+    assert (book.state("u").health, book.state("u").describe(book.policy)) == (UNHEALTHY, "Xid 79")
+    assert [book.observe("u", True, "", float(at)) for at in (1, 2)] == [None, None]   # the count starts over
+    change = book.observe("u", True, "", 3.0)
+    assert (change.before, change.after, change.reason) == (UNHEALTHY, HEALTHY, "3 consecutive clean probes after: Xid 79")
+    assert book.history("u") == (change,)
+    book.observe("v", False, "its own failure", 1.0)
+    assert not book.seed("v", "older") and book.state("v").reason == "its own failure"   # fresher: kept
+
+
 @pytest.mark.parametrize("field", ["recover_after", "history", "forget_after"])
 def test_health_policy_is_validated(field: str) -> None:
     with pytest.raises(ValueError, match=field):

@@ -17,7 +17,9 @@ Events are watched as the admin role on `events.cyborg.>`.
 
 The last two reproduce bugs found here and since fixed: a conductor down longer than a lease, and a
 device uuid two hosts report (the second host's entry is refused alone, the rest of its reports
-count).
+count). So does the agent restart with an Unhealthy device (twice: the conductor up, and down while
+the agent restarts): a restarted agent used to start every device Healthy, skipping the hysteresis,
+and the conductor recorded no transition.
 """
 
 from __future__ import annotations
@@ -364,6 +366,83 @@ async def test_a_flapping_device_is_unhealthy_at_once_and_healthy_only_after_cle
 
 async def _health_is(state, health: str) -> bool:
     return (await state())[0] == health
+
+
+@pytest.mark.parametrize("conductor_down", [False, True], ids=["conductor-up", "conductor-down"])
+async def test_an_agent_restart_holds_an_unhealthy_device_for_its_clean_probes(cyborg: Deployment, conductor_down):
+    """The agent keeps health in memory: restarted, it takes the conductor's view of its host (at its
+    start, or at its hello when no conductor answered then), so a device the conductor shows
+    Unhealthy stays so for healthy_after clean rounds, then one device.healthy and one history entry."""
+    await cyborg.settled()
+    qat = device_uuid("h2", QAT)
+    enable = next((cyborg.sysfs("h2") / "devices").glob(f"**/{QAT}")) / "enable"
+    enable.write_text("0\n")                                  # c6xx is bound, yet the device is disabled
+
+    async def entry() -> dict[str, Any]:
+        return (await cyborg.entries(host="h2"))[qat]["teebus"]
+
+    async def unhealthy() -> bool:
+        teebus = await entry()
+        return teebus["health"] == UNHEALTHY and bool(teebus["history"]) and teebus["history"][-1]["to"] == UNHEALTHY
+
+    await eventually(unhealthy, timeout=3 * ROUND + 2)
+    before = await entry()
+    reason = before["history"][-1]["reason"]
+    assert "c6xx is bound but the device is disabled" in reason
+
+    seen: list[tuple[str, str]] = []                          # what the conductor shows, from now on
+
+    async def watch() -> None:
+        while True:
+            try:
+                teebus = await entry()
+            except KeyError as missing:                       # no conductor node (down), or no such device
+                if str(missing).strip("'") == qat:
+                    seen.append(("absent", ""))
+                await asyncio.sleep(0.02)
+                continue
+            except (aiohttp.ClientError, AssertionError):     # the conductor stopping or starting
+                await asyncio.sleep(0.02)
+                continue
+            if not seen or seen[-1] != (teebus["health"], teebus["health_reason"]):
+                seen.append((teebus["health"], teebus["health_reason"]))
+            if teebus["health"] == HEALTHY:
+                return
+            await asyncio.sleep(0.02)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await cyborg.stop("h2")                               # the host's agent (and drivers) stop
+        enable.write_text("1\n")                              # every probe from the restart on is clean
+        if conductor_down:
+            await cyborg.stop("conductor")
+        restarted = time.monotonic()
+        await cyborg.start("h2")
+        if conductor_down:
+            await asyncio.sleep(3 * ROUND)                    # it probes the device clean, no conductor to ask
+            await cyborg.start("conductor")                   # its hello, and its seeding, now
+        await asyncio.wait_for(asyncio.shield(watcher), (TIMING["healthy_after"] + 4) * ROUND + 5)
+    finally:
+        watcher.cancel()
+    # No clock here: the drivers' hellos at the restart bring rounds of their own, so the clean
+    # probes may come faster than one a rediscovery period. What the conductor showed: Unhealthy
+    # throughout, for the failure it had (recovering probe by probe), then Healthy; the agent's own
+    # count of clean probes is the recovery's reason, checked below.
+    assert seen[0] == (UNHEALTHY, before["health_reason"]) and seen[-1] == (HEALTHY, ""), seen
+    assert all(health == UNHEALTHY for health, _ in seen[:-1]), seen
+    assert all(text == reason or (text.startswith("recovering (") and text.endswith(f"clean probes) after: {reason}"))
+               for _, text in seen[:-1]), seen
+    await asyncio.sleep(2 * ROUND)                            # more clean rounds: nothing more to record
+    after = await entry()
+    assert after["health"] == HEALTHY
+    assert after["history"][:-1] == before["history"], "one history entry, and only one"
+    recovery = after["history"][-1]
+    assert (recovery["from"], recovery["to"]) == (UNHEALTHY, HEALTHY) and "derived" not in recovery
+    assert recovery["reason"] == f"{TIMING['healthy_after']} consecutive clean probes after: {reason}"
+    healthy_events = cyborg.events.of("device.healthy", uuid=qat, after=restarted)
+    assert [(e["from"], e["to"], e.get("derived")) for e in healthy_events] == [(UNHEALTHY, HEALTHY, None)]
+    assert cyborg.events.of("device.unhealthy", uuid=qat, after=restarted) == []
+    await cyborg.settled()
 
 
 # -- an external driver ----------------------------------------------------------------------------

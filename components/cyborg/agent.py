@@ -31,8 +31,20 @@ report, and after the conductor said it does not know this host.
 The conductor: the agent says hello at start (`CONDUCTOR_HELLO`, the seed's body plus `host`),
 retrying every few seconds while no conductor answers, then renews its lease with a heartbeat every
 `heartbeat_seconds`; a heartbeat answered 404 (the conductor forgot us) means hello again and a
-full report. Health state lives in memory: after a restart every device starts Healthy and the
-first report is full.
+full report.
+
+Health and the drivers' last answers live in memory, so the agent takes what a restart lost from
+the conductor's view of its host (`CONDUCTOR_HARDWARE` for this host, over the bus), once per
+start: before its first round, or, when no conductor answered then, at its hello, before its first
+report (nothing is reported before). A device the conductor shows Unhealthy is held Unhealthy here
+(its reason kept, no transition) and recovers only after `healthy_after` clean probes from the
+restart, with one transition; transitions noted since the start that the view makes moot
+(Healthy -> Unhealthy of a device it shows Unhealthy) are dropped. A driver that has not answered
+since the start has its devices held as the conductor shows them, as a silent driver's are held
+as it last answered: a driver slower to start than the agent loses no device (nor its history) to
+the first, full, report. If the view cannot be read even at the hello, devices start Healthy, and
+the conductor, which records every health change of an entry (a derived transition when none
+came), keeps the history whole.
 """
 
 from __future__ import annotations
@@ -52,8 +64,8 @@ from components.cyborg.agent_messages import BUS, READY, SILENT, Hello, Hardware
 from components.cyborg.config import CyborgConfig
 from components.cyborg.driver import iso
 from components.cyborg.external_driver import ExternalDriverError, ExternalDrivers
-from components.cyborg.hardware import HEALTHY, Device, to_seed_json
-from components.cyborg.health import VANISHED, HealthBook, HealthPolicy, Transition
+from components.cyborg.hardware import HEALTHY, UNHEALTHY, Device, from_seed_json, to_seed_json
+from components.cyborg.health import VANISHED, HealthBook, HealthPolicy, Transition, failure_of
 
 BUCKET = "cyborg_drivers"
 AGENT_SITE = "cyborg-agent"
@@ -62,6 +74,7 @@ TRANSITIONS_PER_DEVICE = 4          # kept for the conductor while it cannot be 
 UNREGISTERED_RETRY_SECONDS = 2.0    # hello again this often while no conductor answers
 _RANK = {"pci": 0, "nvidia": 2}     # which entry of a device two drivers report wins: the higher
 _KEY_TOKEN = re.compile(r"[-_=a-zA-Z0-9]{1,128}\Z")
+_CONDUCTORS_OWN = ("stale", "revision", "history")    # what the conductor adds to an entry's teebus part
 
 
 @dataclass
@@ -77,6 +90,10 @@ class DriverState:
         return {**self.hello.to_dict(), "status": self.status,
                 "last_seen": iso(self.last_seen) if self.last_seen is not None else None,
                 "problem": self.problem}
+
+
+def _report_order(device: Device) -> tuple:
+    return (device.address is None, device.address or "", device.driver, device.uuid)
 
 
 def key_token(host: str) -> str:
@@ -122,6 +139,9 @@ class Agent(Component):
         self._round: asyncio.Task | None = None
         self._round_wanted = False
         self._lease_wake = asyncio.Event()
+        self._seeded = False                        # the book holds the conductor's view of this host
+        self._seeds: dict[str, str] = {}            # uuid -> failure: Unhealthy there, not probed here yet
+        self._seed_lock = asyncio.Lock()
         self.request_round()
         self.spawn(self._keep_lease_loop(), "conductor lease", wait=False)
         self.every(self.config.rediscover_seconds, self._periodic, "rediscovery")
@@ -221,6 +241,8 @@ class Agent(Component):
         while self._round_wanted:
             self._round_wanted = False
             try:
+                if self.current is None and not self._seeded:
+                    await self.seed_health(registered=False)
                 await self.rediscover()
             except Exception:
                 self.log.exception("rediscovery round failed")
@@ -303,6 +325,8 @@ class Agent(Component):
         changes: list[Transition] = []
         report: dict[str, Device] = {}
         for uuid, found in probes.items():
+            if uuid in self._seeds and uuid not in self.book:
+                self.book.seed(uuid, self._seeds[uuid])
             reasons = [device.health_reason for device in found if device.health != HEALTHY]
             change = self.book.observe(uuid, not reasons, "; ".join(reasons), now)
             if change is not None:
@@ -312,6 +336,8 @@ class Agent(Component):
             report[uuid] = self._smoothed(found[-1])
         for device in held:
             if device.uuid not in report:
+                if device.uuid in self._seeds and device.uuid not in self.book:
+                    self.book.seed(device.uuid, self._seeds[device.uuid])
                 self._last[device.uuid] = device
                 self._missing.pop(device.uuid, None)
                 report[device.uuid] = self._smoothed(device)
@@ -327,7 +353,8 @@ class Agent(Component):
             if change is not None:
                 changes.append(change)
             report[uuid] = self._smoothed(self._last[uuid])
-        devices = sorted(report.values(), key=lambda d: (d.address is None, d.address or "", d.driver, d.uuid))
+        self._seeds.clear()         # a device the conductor had and this round did not find is gone
+        devices = sorted(report.values(), key=_report_order)
         if len(devices) > self.config.max_devices_per_host:
             self.log.warning("more devices than max_devices_per_host: the rest are not reported",
                              devices=len(devices), limit=self.config.max_devices_per_host)
@@ -344,10 +371,94 @@ class Agent(Component):
 
     # -- the conductor ---------------------------------------------------------------------------------
 
+    async def seed_health(self, *, registered: bool) -> None:
+        """Seed the health book from the conductor's view of this host, once per start (see the
+        module's docstring). Before the first round a conductor that does not answer is asked again
+        at the hello (`registered`); at the hello, one that does not answer leaves every device
+        Healthy here, with a warning."""
+        async with self._seed_lock:
+            if self._seeded:
+                return
+            shown = await self._conductor_view(quiet=not registered)
+            if shown is None and not registered:
+                return
+            self._seeded = True
+            if shown is None:
+                self.log.warning("the conductor's view of this host could not be read: its devices start Healthy "
+                                 "here (the conductor derives a transition for any health this changes)")
+                return
+            self._adopt(shown)
+
+    async def _conductor_view(self, *, quiet: bool) -> list[Device] | None:
+        """This host's devices as the conductor shows them (health after hysteresis); None if unread."""
+        try:
+            reply = await self.requester.request(subjects.CONDUCTOR_HARDWARE, {"host": self.host},
+                                                 timeout=max(self.config.driver_timeout_seconds, 1.0))
+        except BusError as exc:
+            (self.log.debug if quiet else self.log.warning)("the conductor's view of this host is unread",
+                                                            error=exc.message)
+            return None
+        entries = reply.payload.get("hardware") if isinstance(reply.payload, dict) else None
+        if not isinstance(entries, list):
+            self.log.warning("the conductor's view of this host is not a hardware document")
+            return None
+        shown = []
+        for index, entry in enumerate(entries[:self.config.max_devices_per_host]):
+            try:
+                teebus = {key: value for key, value in entry["teebus"].items() if key not in _CONDUCTORS_OWN}
+                shown.append(from_seed_json({**entry, "teebus": teebus}, host=self.host, where=f"hardware[{index}]"))
+            except (KeyError, TypeError, AttributeError, ValueError) as exc:
+                self.log.warning("an entry of the conductor's view of this host is ignored", error=str(exc)[:200])
+        return shown
+
+    def _adopt(self, shown: list[Device]) -> None:
+        """Take the conductor's view of this host, as the memory a restart lost.
+
+        A driver that has not answered since the start has its devices held as the conductor shows
+        them (as a silent driver's are held as it last answered), so a report does not remove a
+        slow driver's devices. A device the conductor shows Unhealthy is held Unhealthy: when it is
+        first probed or held, if that is before this view is adopted or in the round adopting it;
+        at once if it was probed since the start and held Healthy here (its recovery starts over,
+        its noted transitions are moot); as it is if held Unhealthy here, without the Healthy ->
+        Unhealthy transition the conductor never saw."""
+        failures = {device.uuid: failure_of(device.health_reason) for device in shown if device.health == UNHEALTHY}
+        held = []
+        for device in shown:
+            state = self.drivers.get(device.driver)
+            if state is not None and not state.answered and device.uuid not in {d.uuid for d in state.devices}:
+                state.devices.append(device)
+                held.append(device)
+        adopted = []
+        for uuid, reason in failures.items():
+            if uuid not in self.book:
+                if self.current is None:
+                    self._seeds[uuid] = reason
+                elif any(device.uuid == uuid for device in held):
+                    self.book.seed(uuid, reason)
+                continue
+            if self.book.seed(uuid, reason):
+                self._transitions = [t for t in self._transitions if t["uuid"] != uuid]
+            else:
+                first = next((i for i, t in enumerate(self._transitions) if t["uuid"] == uuid), None)
+                if first is not None and self._transitions[first]["from"] == HEALTHY:
+                    del self._transitions[first]
+            adopted.append(uuid)
+        if self.current is not None and (adopted or held):
+            present = {device.uuid for device in self.current}
+            for device in held:
+                if device.uuid not in present:
+                    self._last[device.uuid] = device
+                    self._missing.pop(device.uuid, None)
+                    self.current.append(device)
+            self.current = sorted((self._smoothed(device) for device in self.current), key=_report_order)
+        if shown:
+            self.log.info("the conductor's view of this host taken", devices=len(shown), unhealthy=len(failures),
+                          held=len(held))
+
     async def send_report(self) -> None:
         """Send the conductor what changed since it last accepted a report (everything when `full`)."""
         async with self._report_lock:
-            if not self.registered or self.current is None:
+            if not self.registered or self.current is None or not self._seeded:
                 return
             entries = {device.uuid: to_seed_json(device) for device in self.current}
             full = self._full
@@ -420,6 +531,7 @@ class Agent(Component):
             self.log.debug("no conductor yet; saying hello again later", error=exc.message)
             return
         self.lease = reply.payload if isinstance(reply.payload, dict) else {}
+        await self.seed_health(registered=True)        # before the first report, which sends health
         self.registered, self._full = True, True
         self.log.info("registered with the conductor", lease=self.lease)
         await self.send_report()

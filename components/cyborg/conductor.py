@@ -18,7 +18,11 @@ overwrite each other and a restart loses nothing:
   the revision, tombstones and the horizon).
 
 Events: `events.cyborg.agent.registered|lost|recovered`, `events.cyborg.device.added|changed|removed`
-and, for each health transition an agent reports, `events.cyborg.device.unhealthy|healthy`.
+and, for each health transition, `events.cyborg.device.unhealthy|healthy`. Every change of the
+health the conductor shows is one transition, an event and an entry of the device's history
+(`health_path`): the agent's transitions that follow from the health shown, and, when an entry's
+health changes without one (an agent that lost its health state), one derived here and marked
+`derived`.
 A READY agent saying hello again (say, restarted) renews its lease and endpoint without an event.
 """
 
@@ -195,10 +199,15 @@ class Conductor(Component):
         """READY agents whose lease lapsed become LOST; LOST agents' devices are stale; the
         tombstones beyond `removed_kept` are forgotten."""
         judging = time.monotonic() >= self._lenient_until
-        for record in self.agents.mirrored():
+        records = list(self.agents.mirrored())
+        # one direct get per READY agent, WRITERS at once (100 agents' gets: ~45 ms one after
+        # another here, ~20 ms so; the sweep's run adds to every detection): listing the bucket's
+        # keys would leave a consumer behind each time
+        ready = [record.key for record in records if record.value["status"] == READY] if judging else []
+        alive = dict(zip(ready, await self._gather(ready, self._lease_alive)))
+        for record in records:
             agent = record.value
-            # one direct get per agent: listing the bucket's keys would leave a consumer behind each time
-            if agent["status"] == READY and judging and not await self._lease_alive(record.key):
+            if agent["status"] == READY and judging and not alive.get(record.key, True):
                 await self._lose(record.key, agent["host"])
             elif agent["status"] == LOST:
                 await self._mark_stale(agent["host"])
@@ -266,17 +275,23 @@ class Conductor(Component):
             if uuid not in upserts and uuid not in removed and uuid not in mine:
                 raise BadRequest(f"a transition names device {uuid}, which host {report.host} does not have")
         touched = set(upserts) | removed | set(changes)
+        recorded: dict[str, list[HealthChange]] = {}      # uuid -> the transitions written, in order
         await self._each(sorted(touched), lambda uuid: self._apply(report, uuid, upserts.get(uuid),
-                                                                   uuid in removed, changes.get(uuid, ())))
+                                                                   uuid in removed, changes.get(uuid, ()),
+                                                                   recorded))
         for uuid, owner in sorted(refused.items()):
             self.log.warning("device refused: another host owns it", uuid=uuid, host=report.host, owner=owner)
             await self.events.publish("device", "conflict", {"uuid": uuid, "host": report.host, "owner": owner})
-        for change in report.transitions:
-            if change.uuid in refused:
-                continue
-            await self.events.publish("device", change.after.lower(), {
-                "uuid": change.uuid, "host": report.host, "from": change.before, "to": change.after,
-                "reason": change.reason, "probed_at": change.at})
+        # the reported transitions in the report's order, then those derived here
+        written = {id(change) for kept in recorded.values() for change in kept}
+        ordered = [change for change in report.transitions if id(change) in written]
+        ordered += [change for uuid in sorted(recorded) for change in recorded[uuid] if change.derived]
+        for change in ordered:
+            body = {"uuid": change.uuid, "host": report.host, "from": change.before, "to": change.after,
+                    "reason": change.reason, "probed_at": change.at}
+            if change.derived:
+                body["derived"] = True
+            await self.events.publish("device", change.after.lower(), body)
         now = time.time()
         await self.agents.mutate(agent_key(report.host), lambda current: {**current, "last_report": now})
         await self.view.wait_for(self._written, VIEW_WAIT_SECONDS)
@@ -294,29 +309,41 @@ class Conductor(Component):
         return None
 
     async def _apply(self, report: Report, uuid: str, device: hardware.Device | None, remove: bool,
-                     changes: Iterable[HealthChange]) -> None:
+                     changes: Iterable[HealthChange], recorded: dict[str, list[HealthChange]]) -> None:
         history_limit = self.config.history_per_device
-        added = [change.to_dict() for change in changes]
+        changes = tuple(changes)
         host = report.host
+        kept: list[HealthChange] = []
 
         def upsert(current: dict[str, Any] | None) -> dict[str, Any] | None:
             live = current is not None and not current.get("removed")
             if live and host_key(current["host"]) != host_key(host):
                 raise BadRequest(f"device {uuid} belongs to host {current['host']}, not {host}")
+            kept[:] = health_path(uuid, host, current if live else None, device, changes, time.time())
             if remove:
                 if not live:
                     return None
                 return {"host": host, "device_type": current["entry"]["acc_specs"]["device_type"],
                         "removed": True, "at": time.time()}
-            history = (current.get("history", []) if live else []) + added
+            history = (current.get("history", []) if live else []) + [change.to_dict() for change in kept]
             if device is None:      # only transitions for a device the report did not resend
-                return {**current, "history": history[-history_limit:]} if live and added else None
+                return {**current, "history": history[-history_limit:]} if live and kept else None
             return {"host": host, "entry": hardware.to_seed_json(device), "stale": False,
                     "history": history[-history_limit:]}
 
         before, record = await self._write_device(uuid, upsert)
         if record is None:
             return
+        if kept:
+            recorded[uuid] = list(kept)
+        dropped = [change for change in changes if not any(change is mine for mine in kept)]
+        if dropped:
+            self.log.info("reported health transitions that do not follow the health shown were dropped",
+                          uuid=uuid, host=host, dropped=[f"{c.before}->{c.after}" for c in dropped])
+        for change in kept:
+            if change.derived:
+                self.log.warning("device health changed without a transition: one derived", uuid=uuid, host=host,
+                                 before=change.before, after=change.after)
         was_live = before is not None and not before.get("removed")
         if remove:
             what = "removed"
@@ -356,13 +383,17 @@ class Conductor(Component):
         raise Conflict(f"device {uuid} is changing too fast: gave up after {MAX_CAS_ATTEMPTS} attempts")
 
     async def _each(self, items: list[str], work: Callable[[str], Awaitable[Any]]) -> None:
+        await self._gather(items, work)
+
+    async def _gather(self, items: list[str], work: Callable[[str], Awaitable[Any]]) -> list[Any]:
+        """`work(item)` for every item, WRITERS at once; the results in the items' order."""
         slots = asyncio.Semaphore(WRITERS)
 
-        async def one(item: str) -> None:
+        async def one(item: str) -> Any:
             async with slots:
-                await work(item)
+                return await work(item)
 
-        await asyncio.gather(*(one(item) for item in items))
+        return list(await asyncio.gather(*(one(item) for item in items)))
 
     # -- the inventory -------------------------------------------------------------------------
 
@@ -416,6 +447,37 @@ def _with_stale(host: str, stale: bool) -> Change:
             return None
         return None if current.get("stale", False) == stale else {**current, "stale": stale}
     return change
+
+
+def health_path(uuid: str, host: str, current: dict[str, Any] | None, device: hardware.Device | None,
+                changes: Iterable[HealthChange], now: float) -> list[HealthChange]:
+    """The health transitions to record for one device of a report, so that every change of the
+    health the conductor shows is one transition (an event and a history entry), whatever the
+    agent remembered: `current` is the live record (None for a new device, presumed Healthy, as the
+    agent's hysteresis presumes), `device` the entry as resent (None when it was not).
+
+    The reported transitions are followed from the health the record's history (else its entry)
+    last shows; one that does not start there is dropped: it changes nothing the conductor showed
+    (an agent restarted with its health forgotten reports Healthy -> Unhealthy for a device shown
+    Unhealthy all along). When the resent entry's health is not where they lead -- an agent that
+    forgot a device's state reports it Healthy without a transition -- one transition is derived,
+    marked `derived`, at `now`."""
+    history = current.get("history", []) if current is not None else []
+    shown = current["entry"]["teebus"].get("health", hardware.HEALTHY) if current is not None else hardware.HEALTHY
+    state = history[-1].get("to", shown) if history else shown
+    kept = []
+    for change in changes:
+        if change.before == state:
+            kept.append(change)
+            state = change.after
+    if device is not None and device.health != state:
+        if device.health == hardware.UNHEALTHY:
+            reason = device.health_reason or "reported Unhealthy without a transition"
+        else:
+            reason = (f"reported {device.health} by host {host} without a transition (its agent's health "
+                      "state was lost, as by a restart)")
+        kept.append(HealthChange(uuid, state, device.health, reason[:hardware.MAX_REASON], now, derived=True))
+    return kept
 
 
 def _by_device(changes: Iterable[HealthChange]) -> dict[str, list[HealthChange]]:

@@ -41,16 +41,21 @@ class Hello:
 
 @dataclass(frozen=True)
 class HealthChange:
-    """One health transition the agent's hysteresis made (components/cyborg/health.py)."""
+    """One health transition the agent's hysteresis made (components/cyborg/health.py), or, when
+    `derived`, one the conductor inferred from a report whose entry changed health without one."""
 
     uuid: str
     before: str
     after: str
     reason: str
     at: float
+    derived: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"from": self.before, "to": self.after, "reason": self.reason, "at": self.at}
+        body: dict[str, Any] = {"from": self.before, "to": self.after, "reason": self.reason, "at": self.at}
+        if self.derived:
+            body["derived"] = True
+        return body
 
 
 @dataclass(frozen=True)

@@ -52,11 +52,19 @@ class ExternalDrivers:
             async with self._client().request(method, url, data=body, headers=headers,
                                               allow_redirects=False) as response:
                 if response.content_length is not None and response.content_length > MAX_BODY:
-                    raise ExternalDriverError(f"{method} {url} answered {response.content_length} bytes, "
-                                              f"more than {MAX_BODY}")
+                    raise ExternalDriverError(f"{method} {url} answered {response.content_length} bytes: "
+                                              f"{_TOO_BIG}")
+                if 300 <= response.status < 400:
+                    where = response.headers.get("Location", "")
+                    to = f" to {_printable(where, 120)}" if where else ""
+                    raise ExternalDriverError(f"{method} {url} answered HTTP {response.status}, a redirect{to}: "
+                                              "the agent follows no redirect; register the driver with the "
+                                              "endpoint it answers at")
                 data = await _bounded(response)
                 if response.status != 200:
-                    raise ExternalDriverError(f"{method} {url} answered HTTP {response.status}")
+                    said = _printable(data.decode("utf-8", "replace"), 160)
+                    raise ExternalDriverError(f"{method} {url} answered HTTP {response.status}"
+                                              + (f": {said}" if said else ""))
         except ExternalDriverError:
             raise
         except TimeoutError:
@@ -68,10 +76,17 @@ class ExternalDrivers:
         try:
             value = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            raise ExternalDriverError(f"{method} {url} answered what is not JSON ({exc})") from None
+            if "depth limit" in str(exc).lower():       # orjson's own bound (1024 levels)
+                raise ExternalDriverError(f"{method} {url} {_TOO_DEEP}") from None
+            raise ExternalDriverError(f"{method} {url} answered what is not JSON ({str(exc)[:120]}): a driver "
+                                      "answers a JSON object, such as the seed's {\"hardware\": [...]}") from None
         if _deeper_than(value, MAX_DEPTH):
-            raise ExternalDriverError(f"{method} {url} answered JSON nested deeper than {MAX_DEPTH}")
+            raise ExternalDriverError(f"{method} {url} {_TOO_DEEP}")
         return value
+
+
+_TOO_BIG = f"more than the {MAX_BODY // (1024 * 1024)} MiB an external driver's answer may be; nothing of it was used"
+_TOO_DEEP = f"answered JSON nested deeper than {MAX_DEPTH} levels, more than a driver's answer may be; nothing of it was used"
 
 
 async def _bounded(response: aiohttp.ClientResponse) -> bytes:
@@ -79,9 +94,16 @@ async def _bounded(response: aiohttp.ClientResponse) -> bytes:
     async for chunk in response.content.iter_chunked(64 * 1024):
         size += len(chunk)
         if size > MAX_BODY:
-            raise ExternalDriverError(f"{response.method} {response.url} answered more than {MAX_BODY} bytes")
+            raise ExternalDriverError(f"{response.method} {response.url} answered over {MAX_BODY} bytes: {_TOO_BIG}")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _printable(text: str, limit: int) -> str:
+    """Text from a driver, fit for a message: one line, printable, at most `limit` characters."""
+    flat = "".join(c if c.isprintable() else " " for c in text)
+    flat = " ".join(flat.split())
+    return flat if len(flat) <= limit else flat[:limit - 3] + "..."
 
 
 def _deeper_than(value: Any, limit: int) -> bool:

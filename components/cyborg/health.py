@@ -13,6 +13,7 @@ returned for events and kept in a per-device history of the last `history` trans
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 from typing import Iterable
 
@@ -63,6 +64,15 @@ class DeviceHealth:
         if self.clean == 0:
             return self.reason
         return f"recovering ({self.clean} of {policy.recover_after} clean probes) after: {self.reason}"
+
+
+_RECOVERING = re.compile(r"recovering \(\d+ of \d+ clean probes\) after: (.*)\Z", re.DOTALL)
+
+
+def failure_of(health_reason: str) -> str:
+    """The failure a reported health_reason names: `DeviceHealth.describe` undone."""
+    recovering = _RECOVERING.match(health_reason)
+    return recovering.group(1) if recovering else health_reason
 
 
 def step(state: DeviceHealth, uuid: str, ok: bool, reason: str, now: float,
@@ -136,6 +146,22 @@ class HealthBook:
             if uuid in self._last:
                 report.append(self._smoothed(self._last[uuid]))
         return report, changes
+
+    def seed(self, uuid: str, reason: str) -> bool:
+        """Hold the device Unhealthy for `reason`, as known before this book was (the conductor's
+        view of a device before an agent's restart, say): no transition, and its recovery takes
+        `recover_after` clean probes from here. A device the book already holds Unhealthy is left
+        as it is (its own probes are fresher): False."""
+        state = self.state(uuid)
+        if state.health != HEALTHY:
+            return False
+        self._states[uuid] = DeviceHealth(UNHEALTHY, (reason or "Unhealthy before a restart")[:MAX_REASON], 0,
+                                          state.history)
+        return True
+
+    def __contains__(self, uuid: object) -> bool:
+        """Whether the book has probed (or been seeded with) the device."""
+        return uuid in self._states
 
     def state(self, uuid: str) -> DeviceHealth:
         """The device's state (a fresh Healthy one for a device never probed)."""
