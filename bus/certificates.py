@@ -1,8 +1,8 @@
 """X.509 for teebus's own CAs: a CA, leaf certificates issued from it, and their files.
 
-Used where teebus runs its own PKI: the Aurae socket's mutual TLS (components/aurae/pki.py) and
-the TLS of a NATS cluster across machines (bus/cluster_tls.py); each decides its layout and
-policy, this module only makes and stores certificates. Keys are EC P-256 with ECDSA-SHA256
+Used wherever teebus runs its own PKI: the TLS of a NATS cluster across machines
+(bus/cluster_tls.py) and any system's (a gRPC socket's mutual TLS, say); each decides its layout
+and policy, this module only makes and stores certificates. Keys are EC P-256 with ECDSA-SHA256
 (grpcio's BoringSSL refuses Ed25519 certificates; nats-server and Python's ssl take P-256 too).
 Validity: a CA 10 years, a leaf 5 years but never beyond its CA, each starting 5 minutes in the
 past to absorb clock skew. Private keys are written 0600.

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from bus import certificates, users
+from bus import users
 
 DIRECTORY = "tls"                  # under the data directory's nats/
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
@@ -48,6 +48,8 @@ def enabled(data_dir: Path) -> bool:
 
 def ensure_ca(data_dir: Path) -> list[Path]:
     """The cluster's CA, made when missing (never replaced: every machine must hold the same)."""
+    from bus import certificates     # x509 loads only where certificates are made: clients never need it
+
     cert_path, key_path = ca_files(data_dir)
     if not cert_path.exists():
         directory(data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -58,6 +60,8 @@ def ensure_ca(data_dir: Path) -> list[Path]:
 
 def node_files(data_dir: Path, node: str, hosts: Iterable[str]) -> NodeTls:
     """A fresh certificate for node `node`, valid for `hosts` and loopback, from the cluster's CA."""
+    from bus import certificates
+
     ca_cert_path, ca_key_path = ca_files(data_dir)
     if not ca_key_path.exists():
         raise FileNotFoundError(f"{ca_key_path} is missing: copy nats/tls/ from the machine that ran "

@@ -115,6 +115,10 @@ class Manifest:
     reads_logs: bool = False                                 # its components watch every process's log lines
     roles: tuple[RoleSpec, ...] = ()
     secret_fields: tuple[str, ...] = ()                      # message fields logs never show
+    # its subjects (NATS wildcards allowed) whose requests carry credentials in their bodies (a
+    # user's token, say): the observer role never subscribes to them (bus/roles.py); watching
+    # them is an admin's act
+    secret_subjects: tuple[str, ...] = ()
     # data-directory files holding a bus.sealing.MasterKey that opens what its components keep in
     # shared buckets: every machine running them needs the same file (`teebus cluster init`)
     shared_keys: tuple[str, ...] = ()
@@ -134,6 +138,12 @@ class Manifest:
         names = [c.name for c in self.components]
         if len(names) != len(set(names)):
             raise ValueError(f"{self.name}: component names repeat: {names}")
+        for subject in self.secret_subjects:
+            tokens = subject.split(".")
+            if (not subject.startswith(self.name + ".") or "" in tokens or ">" in tokens[:-1]
+                    or any(c.isspace() for c in subject)):
+                raise ValueError(f"{self.name}: secret subject {subject!r} must be one of its own subjects, "
+                                 f"'{self.name}.<...>' (wildcards * and a last >)")
 
     @property
     def role(self) -> str:

@@ -72,16 +72,25 @@ def component_permissions(manifest: Manifest) -> dict[str, Any]:
     }
 
 
+def secret_subjects(systems: Iterable[Manifest]) -> list[str]:
+    """Every system's subjects whose requests carry credentials (`Manifest.secret_subjects`)."""
+    return [subject for manifest in systems for subject in manifest.secret_subjects]
+
+
 def observer_permissions(systems: Iterable[Manifest]) -> dict[str, Any]:
-    """Read-only tools: discovery, the events, the systems' external traffic and what JetStream
-    says of its streams (`teebus status`: replicas, leaders, sizes; never their messages); never
-    replies (other roles' inboxes), internal subjects, KV values or payloads (that is admin's)."""
+    """Read-only tools: discovery, the events, the systems' external traffic but the subjects whose
+    bodies carry credentials (`Manifest.secret_subjects`), and the list of JetStream's streams
+    (`teebus status`: `$JS.API.STREAM.LIST`, replicas, leaders, sizes; never their messages, nor
+    `STREAM.INFO` of any stream but EVENTS, whose subjects filter would list a bucket's keys: KMS key
+    ids, user names); never replies (other roles' inboxes), internal subjects, KV values or payloads
+    (that is admin's). A wildcard subscription that overlaps a denied subject (`<system>.>`) is
+    served without the denied messages."""
+    systems = list(systems)
     return {
         "publish": {"allow": ["$SRV.>", "$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST",
-                              "$JS.API.STREAM.INFO.*",
                               *events.READ_PERMISSIONS, "$JS.FC.>"]},
         "subscribe": {"allow": [own_inbox(OBSERVER), "$SRV.>", events.SUBJECTS, *(f"{m.name}.>" for m in systems)],
-                      "deny": [INTERNAL]},
+                      "deny": [INTERNAL, *secret_subjects(systems)]},
     }
 
 
@@ -97,7 +106,7 @@ def all_roles(systems: Iterable[Manifest]) -> list[Role]:
              Role(GATEWAY, _external_caller(GATEWAY, systems, deny_internal=False),
                   "internal ports (behind internal.token): internal subjects too"),
              Role(OBSERVER, observer_permissions(systems),
-                  "teebus status/events/bus sub: read only; no replies, no internal subjects")]
+                  "teebus status/events/bus sub: read only; no replies, no internal or secret subjects")]
     for manifest in systems:
         roles.append(Role(manifest.role, component_permissions(manifest), f"the {manifest.name} components"))
         roles.extend(Role(manifest.role_name(extra), extra.permissions, extra.description)

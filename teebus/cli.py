@@ -124,12 +124,16 @@ def build_parser(catalog: Catalog) -> argparse.ArgumentParser:
     bus_commands = bus.add_subparsers(dest="bus_command", required=True)
     sub = bus_commands.add_parser("sub", help="print messages on SUBJECT (wildcards allowed)",
                                   description="As the observer role, which sees the systems' external "
-                                  "subjects, events and discovery, but never replies or internal subjects: "
-                                  "looking at those (they may carry secrets) is an admin's act, --admin.")
+                                  "subjects, events and discovery, but never replies, internal subjects, stored "
+                                  "state ($KV, $JS, $TEEBUS.payload) or the subjects whose requests carry "
+                                  "credentials (a system's secret_subjects: MesaTEE's tasks, files and "
+                                  "invocations carry user and task tokens): looking at those is an admin's act, "
+                                  "--admin. A wildcard such as mesatee.> is served without them.")
     _common(sub)
     sub.add_argument("subject")
     sub.add_argument("--count", type=int, help="stop after this many messages")
-    sub.add_argument("--admin", action="store_true", help="subscribe as admin: replies and internal subjects too")
+    sub.add_argument("--admin", action="store_true",
+                     help="subscribe as admin: replies, internal subjects and credential-carrying ones too")
     req = bus_commands.add_parser("req", help="send DATA (JSON text) to SUBJECT and print the reply")
     _common(req)
     req.add_argument("subject")
@@ -222,8 +226,8 @@ async def dispatch(args: argparse.Namespace, catalog: Catalog, settings: Setting
         return await _with_client(settings, "observer", lambda c: _exported(c, since, args))
     if args.command == "bus" and args.bus_command == "sub":
         if not args.admin and _needs_admin(args.subject):
-            print(f"teebus: {args.subject} may carry replies, internal traffic or stored state, which the "
-                  "observer role never sees; looking at it is an admin's act: add --admin", file=sys.stderr)
+            print(f"teebus: {args.subject} may carry replies, internal traffic, stored state or credentials, which "
+                  "the observer role never sees; looking at it is an admin's act: add --admin", file=sys.stderr)
             return 2
         role = "admin" if args.admin else "observer"
         return await _with_client(settings, role, lambda c: tools.subscribe(c, args.subject, args.count))
@@ -243,11 +247,34 @@ def _through_local_cluster(settings: Settings) -> Settings:
     return settings
 
 
-def _needs_admin(subject: str) -> bool:
-    """Whether a subscription asks for what only admin may watch (bus/roles.py, the observer role);
-    a wildcard that merely overlaps such subjects is served, without them."""
+def _needs_admin(subject: str, systems: Any = None) -> bool:
+    """Whether a subscription asks for what only admin may watch (bus/roles.py, the observer role):
+    replies, internal subjects, stored state (KV buckets, streams, the payload stream
+    `$TEEBUS.payload.>`), or subjects whose requests carry credentials (the `secret_subjects` of
+    `systems`, by default every installed system's). As nats-server judges it, a subscription that
+    one of those covers is refused (`mesatee.tms.task.>`), and a wildcard that merely overlaps them is
+    served, without them (`mesatee.>`)."""
+    from bus.roles import secret_subjects
+
     tokens = subject.split(".")
-    return subject == ">" or tokens[0] in ("_INBOX", "$KV", "$O", "$JS") or (len(tokens) > 2 and tokens[2] == "internal")
+    if subject == ">" or tokens[0] in ("_INBOX", "$KV", "$O", "$JS", "$TEEBUS") or (
+            len(tokens) > 2 and tokens[2] == "internal"):
+        return True
+
+    def covers(pattern: list[str]) -> bool:
+        """Whether every subject `subject` matches, `pattern` matches too (a wildcard of the pattern
+        takes any token of the subscription, wildcards included)."""
+        for index, wanted in enumerate(pattern):
+            if wanted == ">":
+                return len(tokens) > index
+            if index >= len(tokens) or wanted not in ("*", tokens[index]):
+                return False
+        return len(tokens) == len(pattern)
+
+    if systems is None:
+        from teebus.systems import installed
+        systems = installed()
+    return any(covers(secret.split(".")) for secret in secret_subjects(systems))
 
 
 async def _exported(client: Any, since: Any, args: argparse.Namespace) -> None:

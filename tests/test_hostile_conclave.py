@@ -1,5 +1,5 @@
-"""Hostile clients against Conclave's two sites (adapters/http/conclave.py), in the manner of
-tests/test_hostile_http.py, whose generic helpers this module uses.
+"""Hostile clients against Conclave's two sites (adapters/http/conclave.py), in the manner of the
+other tests/test_hostile_*.py, with the helpers they share (tests/hostile.py).
 
 `conclave-host` (relay enclave, mailboxes): real mails with one byte flipped, truncated, replayed or
 with a skipped number, mails authenticated by a stranger but malformed inside (no terminator, short
@@ -23,7 +23,8 @@ Neither site's log may hold a traceback or a secret (client and enclave keys, th
 secrets and the keys it derives, the plaintext of mail).
 
 Each suite sends its focused cases once each first (hypothesis's explicit examples), then the
-generated requests; the figures are printed at the end, as test_hostile_http's are. Three tests pin
+generated requests (at least hostile.MIN_REQUESTS); the figures are printed at the end, as the other
+suites' are. Three tests pin
 what the suites' neighbourhood found, and fail until it is fixed (each docstring says where): the
 503 a connection over the host's cap gets has no Cache-Control; with a KDS, mail naming a KDS key
 the enclave may not have is a 503 instead of the mail's fault; and such mail, unauthenticated, leaves
@@ -53,7 +54,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 from hypothesis import strategies as st
-from yarl import URL
 
 from adapters.http.conclave import HOST_SITE, host_routes, render_error
 from adapters.http.runner import INTERNAL_TOKEN_FILE, HttpServer, Site
@@ -62,16 +62,16 @@ from bus.server import free_port
 from components.conclave import kds_keys
 from tests import conclave_wire as wire
 from tests.conclave_fixtures import NO_CACHE, Client, client_of
-from tests.test_hostile_http import (HUNG_UP, RAW_TIMEOUT, SLOW_PAUSE, Closed, Hostile, _no_answers_are_rare,
-                                     assert_quiet_logs, captured_logs, common_bodies, header_names, header_values,
-                                     hostile_requests, json_values, perturbed, random_paths, raw_exchange,
-                                     mostly, rarely, read_response, request_bytes, run_in_thread, special_headers)
+from tests.hostile import (MIN_REQUESTS, Answer, Hostile, assert_quiet_logs, captured_logs, choose, common_bodies,
+                           hostile_requests, json_bytes, json_values, mostly, no_answers_are_rare, perturbed,
+                           random_paths, rarely, read_response, request_bytes, run_in_thread, script_headers, scripted,
+                           send, special_headers, target)
 
 pytestmark = pytest.mark.timeout(300)
 assert captured_logs            # a fixture: imported by name, so that pytest finds it in this module
 
-HOST_REQUESTS = 800
-KDS_REQUESTS = 500
+HOST_REQUESTS = MIN_REQUESTS
+KDS_REQUESTS = MIN_REQUESTS
 HOST_MAIL_LIMIT = 32 * 1024      # the host site's body limit here (max_mail_bytes): cheap 413s
 OCTETS = "application/octet-stream"
 MD, EE, OK = "MAIL_DECRYPTION", "ENCLAVE_EXCEPTION", "ok"
@@ -81,21 +81,6 @@ SPRING_FIELDS = {"timestamp", "status", "error", "message"}
 DOCUMENTED_503 = ("poll them with /poll-mail", "the host's mail storage is full")
 HOST_PATHS = ["/attestation", "/deliver-mail", "/poll-mail"]
 KDS_PATHS = ["/public", "/private"]
-
-
-def json_bytes(bodies: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
-    """JSON (a lone surrogate escaped), now and then a key twice or bytes after the object."""
-    def encode(body: Any, how: str, tail: bytes) -> bytes:
-        try:
-            data = orjson.dumps(body)
-        except TypeError:
-            data = json.dumps(body).encode()
-        if how == "twice" and data.startswith(b"{") and len(data) > 2:
-            return data[:-1] + b', "name": "twice"}'
-        return data + tail if how == "tail" else data
-
-    return st.builds(encode, bodies, mostly(["plain"], ["twice", "tail"], 9),
-                     st.sampled_from([b" ", b"\n{}", b"x", b"\x00", b"\xff"]))
 
 
 # -- what is sent, and what came back ----------------------------------------------------------------
@@ -110,54 +95,6 @@ class Case(Hostile):
     opener: bytes | None = None
     hint: str | None = None             # the Correlation-ID sent (None: no header)
     wait: str | None = None             # the Teebus-Poll-Wait sent
-
-
-@dataclasses.dataclass
-class Seen:
-    status: int
-    content_type: str
-    body: bytes
-    headers: dict[str, str]             # lower-case names
-
-
-async def exchange(http: aiohttp.ClientSession, base: str, port: int, request: Hostile) -> Seen | str:
-    """test_hostile_http._send, keeping the response's headers (the Cache-Control check needs them)."""
-    if request.raw is not None:
-        try:
-            response = await raw_exchange(port, request.raw, timeout=RAW_TIMEOUT, pieces=request.pieces,
-                                          pause=SLOW_PAUSE, half_close=request.half_close,
-                                          await_continue=request.await_continue)
-        except Closed:
-            return HUNG_UP if request.half_close else "closed without an answer"
-        except asyncio.TimeoutError:
-            return "no answer (framing promised more)"
-        return Seen(response.status, response.content_type, response.body, response.headers)
-    try:
-        async with http.request(request.method, URL(base + request.path, encoded=True), data=request.body,
-                                headers=request.headers, chunked=request.chunked or None,
-                                skip_auto_headers=("Content-Type",),
-                                timeout=aiohttp.ClientTimeout(total=30)) as response:
-            body = await response.read()
-            return Seen(response.status, response.content_type, body,
-                        {name.lower(): value for name, value in response.headers.items()})
-    except (ValueError, aiohttp.InvalidURL, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-        return f"client: {type(exc).__name__}"
-
-
-def target(request: Hostile) -> tuple[str, str]:
-    """(method, path as the server routes it: percent-decoded, without query or one trailing slash)."""
-    if request.raw is None:
-        method, raw_path = request.method, request.path
-    else:
-        first = request.raw.split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1").split(" ")
-        method, raw_path = first[0], (first[1] if len(first) > 1 else "")
-    try:
-        path = URL(raw_path, encoded=True).path if raw_path.startswith("/") else raw_path
-    except ValueError:
-        path = raw_path
-    if len(path) > 1 and path.endswith("/"):
-        path = path[:-1]
-    return method, path
 
 
 def reachable(request: Hostile, limit: int) -> bool:
@@ -367,7 +304,7 @@ class MailCases:
 
         sources = st.sampled_from([w.next_mail, *w.sent, *w.others])
         fresh = st.builds(lambda head, body: self.fresh("fresh", ACCEPTED, head=head, body=body), heads, bodies)
-        return st.one_of(
+        return choose(
             fresh, fresh,
             st.builds(splits, bodies, st.lists(st.integers(0, 40), max_size=4), st.integers(0, 30),
                       st.integers(0, 2)),
@@ -451,7 +388,8 @@ HOSTILE_HINTS = [f"hostile-{n}" for n in range(4)]
 # (control characters aiohttp's client will not send go over the raw socket: RAW_HINTS)
 ODD_HINTS = ["", " ", "\t", "x" * 1025, "x" * 2000, "\u00e9t\u00e9", "\u65e5\u672c", "\U0001F600", "a\u0085b",
              "\u00a0"]
-GOOD_WAITS = ["0", "0.0", " 0.02 ", "0.001", "00.5"]         # decimal seconds, ASCII digits only
+# decimal seconds, ASCII digits only (short: a poll of an empty mailbox sleeps that long)
+GOOD_WAITS = ["0", "0.0", " 0.02 ", "0.001", "00.05"]
 BAD_WAITS = ["-1", "-0.001", "-0", "+0.01", "0e0", "1e-3", "1_0", "NaN", "nan", "inf", "-inf", "1e999", "31",
              "30.0001", "9999", "1e2", "abc", "0x10", "1,5", "\u0661\u0660\u0660", "1 2", "--1", "0.5s", ".5", "5."]
 
@@ -465,16 +403,15 @@ def hints() -> st.SearchStrategy[str | None]:
 
 
 def extra_headers() -> st.SearchStrategy[dict[str, str]]:
-    """test_hostile_http's special headers without Authorization (no credential here), Content-Types
+    """The special headers of tests/hostile.py without Authorization (no credential here), Content-Types
     a Conclave client might send, and now and then a few random headers."""
-    special = st.builds(lambda h, odd: {k: v for k, v in h.items() if k != "Authorization"
-                                        and (odd or k not in ("Content-Encoding", "Expect"))},
-                        special_headers(None), rarely())      # (a 415 or 417 now and then, not every 4th time)
+    special = st.builds(lambda h, odd: {k: v for k, v in h.items() if odd or k not in ("Content-Encoding", "Expect")},
+                        special_headers(None, auth=False), rarely())   # (a 415 or 417 now and then, not every 4th time)
     types = st.sampled_from([OCTETS, "application/json", "text/plain; charset=utf-8", "multipart/form-data",
                              "application/x-www-form-urlencoded", "", "*/*", "application/octet-stream; x=\u00e9"])
+    extra = scripted(lambda script: script_headers(script, 3) if script.chance(4) else {}, 64)
     return st.builds(lambda s, ct, extra: {**extra, **s, **({"Content-Type": ct} if ct is not None else {})},
-                     special, st.none() | types,
-                     st.one_of(*[st.just({})] * 3, st.dictionaries(header_names, header_values, max_size=3)))
+                     special, st.none() | types, extra)
 
 
 def deliveries(watched: Watched, mails: MailCases) -> st.SearchStrategy[Case]:
@@ -504,7 +441,7 @@ def polls(watched: Watched) -> st.SearchStrategy[Case]:
         return Case(method, "/poll-mail", headers, body, kind="poll of a watched id" if alice else "poll",
                     expect=frozenset({OK}), hint=hint, wait=wait)
 
-    waits = st.one_of(st.none(), st.none(), st.sampled_from(GOOD_WAITS), st.sampled_from(BAD_WAITS))
+    waits = choose(st.none(), st.none(), st.sampled_from(GOOD_WAITS), st.sampled_from(BAD_WAITS))
     return st.builds(build, hints(), waits, rarely(), st.sampled_from(BAD_WAITS),
                      extra_headers(), mostly([b""], [b"ignored"]) | common_bodies,
                      mostly(["POST"], ["GET", "PUT", "HEAD", "DELETE"], 6))
@@ -623,10 +560,10 @@ def host_explicit(watched: Watched, mails: MailCases) -> list[Hostile]:
 # -- the host's answers -----------------------------------------------------------------------------
 
 def host_checker(eii: bytes, enclave_key: bytes, watched: Watched,
-                 shapes: Counter) -> Callable[[Hostile, Seen], None]:
+                 shapes: Counter) -> Callable[[Hostile, Answer], None]:
     protected = {watched.alice.correlation_id, watched.bob.correlation_id}
 
-    def check(request: Hostile, answer: Seen) -> None:
+    def check(request: Hostile, answer: Answer) -> None:
         method, path = target(request)
         case = request if isinstance(request, Case) else None
         assert answer.status < 500 or answer.status == 503, (request, answer)
@@ -779,7 +716,7 @@ async def test_hostile_suite_against_the_conclave_host(conclave, session, captur
         eii = await response.read()
     enclave_key = watched.alice.enclave_key
     mails = MailCases(enclave_key, watched)
-    strategy = st.one_of(
+    strategy = choose(
         deliveries(watched, mails), deliveries(watched, mails), deliveries(watched, mails),
         deliveries(watched, mails),
         polls(watched), polls(watched),
@@ -794,12 +731,12 @@ async def test_hostile_suite_against_the_conclave_host(conclave, session, captur
     explicit = tuple(host_explicit(watched, mails))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http:
         tally = await run_in_thread("Conclave web host (8080)", HOST_REQUESTS, strategy,
-                                    lambda request: exchange(http, host.url, port, request),
+                                    lambda request: send(http, host.url, port, request),
                                     host_checker(eii, enclave_key, watched, shapes), explicit)
     print_shapes(shapes, len(explicit))
     assert tally["requests"] >= HOST_REQUESTS and not [s for s in tally if isinstance(s, int) and s >= 500
                                                        and s != 503], tally
-    _no_answers_are_rare(tally)
+    no_answers_are_rare(tally)
     async with session.get(host.url + "/attestation") as response:
         assert await response.read() == eii
     await assert_unchanged(watched)
@@ -1054,10 +991,10 @@ def kds_bodies(world: KdsWorld, private: bool) -> st.SearchStrategy[bytes]:
     extra = st.builds(lambda body, name, value: {**body, name: value}, valid,
                       st.sampled_from(["apiVersion", "API-VERSION", "kdsAttestationReport", "__proto__", "name "]),
                       json_values)
-    objects = st.sampled_from(range(6)).flatmap(lambda n: [valid, valid, valid, perturbed(valid), perturbed(valid),
-                                                           extra][n])
-    return st.sampled_from(range(8)).flatmap(lambda n: json_bytes(objects) if n < 6 else st.sampled_from(
-        [b"", b"null", b"[]", b'"x"', b"{}"]) if n == 6 else common_bodies)
+    odd = perturbed(valid)
+    objects = choose(valid, valid, valid, odd, odd, extra)
+    return choose(*[json_bytes(objects, b', "name": "twice"}')] * 6,
+                  st.sampled_from([b"", b"null", b"[]", b'"x"', b"{}"]), common_bodies)
 
 
 def kds_requests(world: KdsWorld) -> st.SearchStrategy[Case]:
@@ -1071,7 +1008,7 @@ def kds_requests(world: KdsWorld) -> st.SearchStrategy[Case]:
                        kds_bodies(world, False), mostly(["1", "1", " 1 "], API_VERSIONS), extra_headers(), rarely())
     private = st.builds(build, st.just("/private"), mostly(["POST"], ["PUT", "GET"]), kds_bodies(world, True),
                         mostly(["1", "1", " 1 "], API_VERSIONS), extra_headers(), rarely())
-    return st.one_of(public, private, private)
+    return choose(public, private, private)
 
 
 RAW_VERSIONS = [b"1", b"1\r\nX-Injected: 1", b"1\rX: 1", b"1\nX: 1", b"\xff", b"1\x00", b"\xef\xbc\x91", b"1\r\n 1",
@@ -1183,12 +1120,12 @@ def _meets(constraint: str, facts: Measured) -> bool:
     return facts.code_hash.hex() in named or (facts.signer.hex() in signers and str(facts.product_id) in product)
 
 
-def kds_checker(kds_eii: bytes, world: KdsWorld, shapes: Counter) -> Callable[[Hostile, Seen], None]:
+def kds_checker(kds_eii: bytes, world: KdsWorld, shapes: Counter) -> Callable[[Hostile, Answer], None]:
     kds = wire.read_eii(kds_eii)
     signing = load_der_public_key(kds.signing_key)
     assert isinstance(signing, Ed25519PublicKey)
 
-    def check(request: Hostile, answer: Seen) -> None:
+    def check(request: Hostile, answer: Answer) -> None:
         method, path = target(request)
         assert answer.status < 500, (request, answer)
         if method == "HEAD":
@@ -1252,19 +1189,19 @@ async def test_hostile_suite_against_the_conclave_kds(kds, kds_url, captured_log
                 name, kds_keys.MasterKeyType.DEVELOPMENT, constraint))
             secrets += [key.hex(), base64.b64encode(key).decode()]
     secrets += sorted({m.secret.hex() for m in world.eiis.values()})
-    strategy = st.one_of(kds_requests(world), kds_requests(world), kds_requests(world), kds_requests(world),
-                         raw_kds_requests(world),
-                         hostile_requests(random_paths(KDS_PATHS), None, kds_bodies(world, True) | common_bodies))
+    strategy = choose(kds_requests(world), kds_requests(world), kds_requests(world), kds_requests(world),
+                      raw_kds_requests(world),
+                      hostile_requests(random_paths(KDS_PATHS), None, kds_bodies(world, True) | common_bodies))
     shapes: Counter = Counter()
     started = time.monotonic()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http:
         tally = await run_in_thread("Conclave KDS (8090)", KDS_REQUESTS, strategy,
-                                    lambda request: exchange(http, kds_url, port, request),
+                                    lambda request: send(http, kds_url, port, request),
                                     kds_checker(kds_eii, world, shapes), tuple(kds_explicit(world)))
     print(f"answers by shape: {dict(sorted(shapes.items()))}")
     assert tally["requests"] >= KDS_REQUESTS and not [s for s in tally if isinstance(s, int) and s >= 500], tally
     assert shapes["200 /public"] and shapes["200 /private"], shapes      # the valid requests were served too
-    _no_answers_are_rare(tally)
+    no_answers_are_rare(tally)
     await asyncio.sleep(0.2)
     levels = assert_clean_logs(captured_logs(), caplog, secrets)
     print(f"log lines by level: {dict(levels)}; {time.monotonic() - started:.1f} s")

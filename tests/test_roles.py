@@ -3,6 +3,7 @@ confined to their own system, adapters kept off internal subjects."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -138,7 +139,9 @@ async def test_a_kms_reply_to_the_gateway_reaches_only_the_gateway(start_compone
 @pytest.mark.parametrize("subject,refused", [
     ("mesatee.kms.internal.>", True), ("_INBOX.>", True), (">", True), ("mesatee.>", False),
     ("$KV.enarx_keeps.>", True), ("events.>", False), ("enarx.keepmgr.contracts", False),
-    ("enarx.keep.*", False), ("events.mesatee.>", False)])
+    ("enarx.keep.*", False), ("events.mesatee.>", False), ("$TEEBUS.payload.>", True),
+    ("mesatee.tms.task.create", True), ("mesatee.tdfs.file.>", True), ("mesatee.fns.task.invoke", True),
+    ("mesatee.tms.>", False), ("mesatee.fns.task.*", False)])
 def test_bus_sub_says_when_a_subject_is_an_admins_to_watch(subject, refused, capsys):
     from teebus import cli
 
@@ -150,3 +153,137 @@ def test_bus_sub_says_when_a_subject_is_an_admins_to_watch(subject, refused, cap
         assert "add --admin" in capsys.readouterr().err
     else:
         assert not cli._needs_admin(subject)
+
+
+# -- credentials in transit: a manifest's secret_subjects are admin's to watch --------------------------------
+
+SECRET = [mesatee.tms("create"), mesatee.tms("*"), mesatee.tdfs("get"), f"{mesatee.SYSTEM}.tdfs.file.>",
+          mesatee.TDFS_ACCESS, mesatee.FNS_INVOKE]
+
+
+def test_the_mesatee_manifest_declares_its_credential_carrying_subjects():
+    from components.mesatee.system import MANIFEST
+
+    assert set(MANIFEST.secret_subjects) == {mesatee.tms("*"), mesatee.tdfs("*"), mesatee.FNS_INVOKE}
+    observer = next(role for role in roles.all_roles([MANIFEST]) if role.name == roles.OBSERVER)
+    assert set(MANIFEST.secret_subjects) <= set(observer.permissions["subscribe"]["deny"])
+
+
+def test_a_manifest_may_declare_only_its_own_subjects_secret():
+    from bus.manifest import Manifest
+
+    for subject in ("enarx.keep.*", "mesatee", "mesatee..x", "mesatee.>.x", "mesatee.a b"):
+        with pytest.raises(ValueError, match="secret subject"):
+            Manifest("mesatee", "test", secret_subjects=(subject,))
+    assert Manifest("mesatee", "test", secret_subjects=("mesatee.x.*", "mesatee.y.>")).secret_subjects
+
+
+@pytest.mark.parametrize("subject", SECRET)
+async def test_the_observer_is_refused_subjects_whose_requests_carry_credentials(connect_as, subject):
+    assert await _subscribe_refused(connect_as, "observer", subject)
+
+
+async def test_the_observer_still_sees_events_discovery_and_other_external_traffic(start_component, connect_as):
+    """A wildcard over a system's subjects is served, without the requests that carry a user's or a
+    task's token; events and discovery are the observer's as before."""
+    await start_component(KmsComponent)
+    violations: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        violations.append(str(exc).lower())
+
+    observer = await connect_as("observer", error_cb=on_error)
+    seen: list[tuple[str, bytes]] = []
+
+    async def record(msg) -> None:
+        seen.append((msg.subject, msg.data))
+
+    for subject in ("mesatee.>", "events.mesatee.>", "$SRV.>"):
+        await observer.subscribe(subject, cb=record)
+    await observer.flush()
+    admin = await connect_as("admin")
+    token = b'{"type": "List", "user_id": "someone", "user_token": "a-user-token", "task_token": "a-task-token"}'
+    for subject in (mesatee.tms("list"), mesatee.tdfs("list"), mesatee.TDFS_ACCESS, mesatee.FNS_INVOKE):
+        await admin.publish(subject, token)
+    await admin.publish("mesatee.probe.roles", b"{}")          # an external subject that carries none
+    await admin.flush()
+    key = await Requester(await connect_as("gateway")).request(mesatee.kms("Create"), {"type": "Create"})
+    await eventually(lambda: any(subject == "mesatee.probe.roles" for subject, _ in seen)
+                     and any(subject.startswith("events.mesatee.key.") for subject, _ in seen))
+    assert not [subject for subject, data in seen if b"a-user-token" in data or b"a-task-token" in data], seen
+    assert not [subject for subject, _ in seen if ".internal." in subject], seen
+    assert key.payload["key_id"]
+    pong = await Requester(observer, timeout=2).request("$SRV.PING.mesatee-kms", None)   # discovery
+    assert pong.payload["name"] == "mesatee-kms"
+    assert not violations, violations
+
+
+async def _observer_refuses(connect_as, subject: str) -> bool:
+    """Whether nats-server refuses the observer a subscription (a quick look, for allowed ones too)."""
+    violations: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        violations.append(str(exc).lower())
+
+    client = await connect_as("observer", error_cb=on_error)
+    await client.subscribe(subject)
+    await client.flush()
+    await asyncio.sleep(0.1)
+    await client.flush()
+    return any("permissions violation for subscription" in v for v in violations)
+
+
+async def test_bus_sub_refuses_exactly_what_the_server_refuses_the_observer(connect_as):
+    """`teebus bus sub` tells a user at once what nats-server would refuse the observer, and lets
+    through what it serves (a wildcard that merely overlaps a secret subject)."""
+    from teebus import cli
+
+    subjects = [*SECRET, "mesatee.>", "mesatee.tms.>", "mesatee.fns.task.*", "mesatee.*.task.create", "enarx.>",
+                "events.>", "$SRV.>", "mesatee.kms.internal.create", "_INBOX.>", "$KV.mesatee_users.>",
+                "$TEEBUS.payload.>", "$JS.API.>"]
+    disagree = {}
+    for subject in subjects:
+        server = await _observer_refuses(connect_as, subject)
+        if server != cli._needs_admin(subject):
+            disagree[subject] = f"server refuses: {server}"
+    assert not disagree, disagree
+
+
+# -- what JetStream tells the observer: stream names and sizes, never a bucket's keys -----------------------
+
+async def test_the_observer_cannot_list_a_streams_subjects(start_component, connect_as):
+    """STREAM.INFO with a subjects filter would list every key of a bucket (KMS key ids, user names):
+    the observer may ask it of EVENTS only. STREAM.LIST, which `teebus status` asks, counts subjects
+    and names none, and takes no subjects filter; STREAM.NAMES filters on the streams' configured
+    subjects, so it tells no key from a key that is not there."""
+    import json
+
+    from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+
+    await start_component(KmsComponent)
+    key_id = (await Requester(await connect_as("gateway")).request(mesatee.kms("Create"), {"type": "Create"})
+              ).payload["key_id"]
+    violations: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        violations.append(str(exc).lower())
+
+    observer = await connect_as("observer", error_cb=on_error)
+    everything = json.dumps({"subjects_filter": ">"}).encode()
+    with pytest.raises((NatsTimeout, NoRespondersError)):
+        await observer.request("$JS.API.STREAM.INFO.KV_mesatee_kms_keys", everything, timeout=1)
+    await eventually(lambda: any("permissions violation for publish" in v and "stream.info.kv_mesatee_kms_keys" in v
+                                 for v in violations))
+    listed = (await observer.request("$JS.API.STREAM.LIST", b'{"offset": 0}', timeout=2)).data
+    assert key_id.encode() not in listed
+    kms = next(s for s in json.loads(listed)["streams"] if s["config"]["name"] == "KV_mesatee_kms_keys")
+    assert "subjects" not in kms["state"]
+    filtered = json.loads((await observer.request("$JS.API.STREAM.LIST", everything, timeout=2)).data)
+    assert "error" in filtered and not filtered.get("streams"), filtered
+    names = []
+    for key in (key_id, "no-such-key"):
+        asked = json.dumps({"subject": f"$KV.mesatee_kms_keys.{key}"}).encode()
+        names.append(json.loads((await observer.request("$JS.API.STREAM.NAMES", asked, timeout=2)).data)["streams"])
+    assert names[0] == names[1]
+    events = json.loads((await observer.request("$JS.API.STREAM.INFO.EVENTS", b"", timeout=2)).data)
+    assert events["config"]["name"] == "EVENTS"          # `teebus events` still reads its stream

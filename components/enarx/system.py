@@ -3,7 +3,7 @@
 from bus.manifest import AdapterSpec, ComponentSpec, HostSpec, Manifest, RoleSpec
 from components.enarx import keep_access
 from components.enarx.config import EnarxConfig
-from components.enarx.subjects import SYSTEM
+from components.enarx.subjects import SYSTEM, workload
 
 MANIFEST = Manifest(
     name=SYSTEM,
@@ -13,6 +13,8 @@ MANIFEST = Manifest(
     adapters=(AdapterSpec("http", "adapters.http.enarx:sites"),),
     ports={"enarx-keepmgr": 3030, "enarx-wasmldr": 3040},   # wasmldr: the first keep's port
     buckets=("enarx_contracts", "enarx_keeps"),
+    # a workload: the module, its env and stdin, which its client sent over TLS to the keep alone
+    secret_subjects=(workload("*"),),
     roles=(RoleSpec(keep_access.SHARED_ROLE, keep_access.permissions("*"),
                     "keep loaders when the server is not teebus's to add per-keep users to"),),
     verbs="components.enarx.cli:register",

@@ -2,7 +2,7 @@
 
 from bus.manifest import AdapterSpec, CommandSpec, ComponentSpec, Manifest
 from components.mesatee.config import MesateeConfig
-from components.mesatee.subjects import SYSTEM
+from components.mesatee.subjects import FNS_INVOKE, SYSTEM, tdfs, tms
 
 MASTER_KEY_FILE = "mesatee/kms.master.key"     # the KMS's sealing key, alike on every machine running it
 
@@ -22,6 +22,8 @@ MANIFEST = Manifest(
     shared_keys=(MASTER_KEY_FILE,),
     secret_fields=("config", "nonce", "ad",     # a KMS reply's key material
                    "user_token", "token"),     # a user's credential (users.py)
+    # every request to the TMS and the TDFS carries the user's token, every invocation the task's
+    secret_subjects=(tms("*"), tdfs("*"), FNS_INVOKE),
     verbs="components.mesatee.cli:register",
     commands=(CommandSpec("users", "components.mesatee.users_cli:register",
                           "MesaTEE users: add, list, remove, rotate (tokens shown once)"),),
