@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
+import structlog
 from nats.aio.client import Client
 
 from bus import log
@@ -29,6 +30,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 # The kernel tests' own system: test components under `kerneltest.*`, and the buckets they use.
 KERNEL_TEST = Manifest("kerneltest", "kernel tests", buckets=("test_records", "test_mirror", "test_records_r3"))
+
+
+@pytest.fixture(autouse=True)
+def logging_restored() -> Iterator[None]:
+    """A test that runs `teebus.cli.main` reconfigures structlog onto that moment's stderr, which
+    pytest closes after the test: every later log line would then fail. Put the setting back."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="session")

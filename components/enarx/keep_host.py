@@ -80,13 +80,16 @@ class KeepProcess:
             hooks, self.limits, module_cache=self.args.data_dir / "keeps" / "module-cache"))
         self._requester = requester
         try:
+            # the socket first: the keep manager answers new_keep once the loader answers its ping,
+            # and the client may connect to the socket path it was given at once (a conversation
+            # arriving before the loader subscribes waits for it: bus/requester.py)
+            self.socket = self.adapters["socket"](keep_processes.socket_path(self.args.data_dir, kuuid), kuuid,
+                                                  requester)
+            await self.socket.start()
             for cls in (KeepLoader, Wasmldr):
                 component = cls(context)
                 await component.start()
                 self.components.append(component)
-            self.socket = self.adapters["socket"](keep_processes.socket_path(self.args.data_dir, kuuid), kuuid,
-                                                  requester)
-            await self.socket.start()
             _log.info("keep loader ready", pid=os.getpid())
             await self.ended.wait()
             _log.info("keep loader ending", reason=self.reason)
