@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from pathlib import Path
 from typing import Iterable
 
@@ -21,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from bus.credentials import write_private
+from bus.credentials import write_durably, write_private
 
 CA_VALIDITY = dt.timedelta(days=3650)
 LEAF_VALIDITY = dt.timedelta(days=5 * 365)
@@ -92,7 +91,7 @@ def load_pair(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, Key]:
 def write_new_pair(cert_path: Path, cert: x509.Certificate, key_path: Path, key: Key) -> None:
     """Store a pair without ever overwriting: the certificate is claimed first (atomically, never
     over an existing file), then its key; a failure in between removes the certificate."""
-    _write_new(cert_path, cert_pem(cert))
+    write_durably(cert_path, cert_pem(cert), 0o644, overwrite=False)
     try:
         if key_path.exists():
             raise FileExistsError(f"{key_path} already exists; it is left as it was")
@@ -136,25 +135,3 @@ def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    """Write a public file (0644) atomically and durably; FileExistsError if it already exists."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise FileExistsError(f"{path} already exists; it is left as it was") from None
-    finally:
-        os.unlink(tmp)
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

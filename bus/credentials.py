@@ -22,20 +22,39 @@ def write_private(path: Path, data: bytes) -> None:
     """Write a secret file atomically with mode 0600 (no window where it is readable by others),
     durably: the data and then the rename are on disk when this returns (a power cut leaves the old
     file or the new one)."""
+    write_durably(path, data, 0o600)
+
+
+def write_durably(path: Path, data: bytes, mode: int, *, overwrite: bool = True) -> None:
+    """Write `path` whole or not at all, born with `mode`, on disk when this returns. With
+    `overwrite` False the file is claimed atomically and FileExistsError says one is there."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    if overwrite:
+        os.replace(tmp, path)
+    else:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise FileExistsError(f"{path} already exists; it is left as it was") from None
+        finally:
+            os.unlink(tmp)
+    fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or a new name in `directory` survive a crash."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(directory)
+        os.fsync(fd)
     finally:
-        os.close(directory)
+        os.close(fd)
 
 
 def read_private(path: Path) -> bytes:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Awaitable, Callable
 
+from bus.credentials import fsync_directory
 from bus.errors import Conflict, Internal
 from components.mesatee.tdfs_messages import is_file_id
 
@@ -173,11 +174,7 @@ def _install(fd: int, part: Path, target: Path) -> None:
     except OSError:
         part.unlink(missing_ok=True)
         raise
-    directory = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)     # the rename itself survives a crash
-    finally:
-        os.close(directory)
+    fsync_directory(target.parent)     # the rename itself survives a crash
 
 
 def _discard(fd: int, part: Path) -> None:
