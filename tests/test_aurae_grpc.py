@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import grp
 import os
+import re
 import stat
 import sys
 import time
@@ -232,7 +233,7 @@ async def test_the_client_deadline_stops_the_process(aurae: Aurae) -> None:
     reply = await aurae.run("sleep 30", timeout=1.0)
     assert time.monotonic() - began < 1.0
     assert reply.status == meta_pb2.STATUS_ERROR and reply.exit_code == ""
-    assert reply.meta.message.startswith("the caller's deadline came first: timed out after 0.7")
+    assert re.match(r"the caller's deadline came first: timed out after 0\.[45]\d*s", reply.meta.message), reply.meta.message
     assert "stopped with SIGTERM" in reply.meta.message
     with pytest.raises(ProcessLookupError):
         os.kill(reply.proc.pid, 0)
@@ -244,7 +245,7 @@ async def test_a_process_deaf_to_sigterm_dies_after_the_deadline_and_its_grace(a
     error = await failure(aurae.run(f"sh -c 'trap \"\" TERM; echo $$ > {pid_file}; sleep 30'", timeout=0.6))
     assert error.code() == Code.DEADLINE_EXCEEDED and time.monotonic() - began < 2.0
     pid = int(pid_file.read_text())
-    deadline = time.monotonic() + 5.0                 # 0.35 s timeout + 1 s grace, then SIGKILL
+    deadline = time.monotonic() + 5.0                 # 0.1 s timeout + 1 s grace, then SIGKILL
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)

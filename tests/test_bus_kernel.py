@@ -117,7 +117,7 @@ async def test_a_request_waits_a_moment_for_a_component_that_is_resubscribing(co
     began = asyncio.get_running_loop().time()
     with pytest.raises(NoResponders):
         await requester.request("kerneltest.nobody.here", {})
-    assert 0.5 < asyncio.get_running_loop().time() - began < 1.5
+    assert 0.5 < asyncio.get_running_loop().time() - began < 3.0    # the 0.6 s grace, not the 5 s timeout
 
 
 async def test_errors_come_back_typed(start_component, connect_as):
@@ -322,7 +322,7 @@ async def test_a_handler_knows_how_long_its_caller_still_waits(start_component, 
     await start_component(EchoComponent)
     requester = Requester(await connect_as("adapter"))
     left = (await requester.request("kerneltest.testecho.left", 0.3, timeout=3)).payload
-    assert 2.5 < left < 2.71
+    assert 2.0 < left < 2.71          # 3 s less the 0.3 s slept, and whatever a loaded machine adds
     raw = await connect_as("adapter")          # a caller that does not say (the NATS CLI, say)
     for hdrs in (None, {headers.TIMEOUT: "soon"}, {headers.TIMEOUT: "nan"}, {headers.TIMEOUT: "-1"}):
         reply = await raw.request("kerneltest.testecho.left", b"0", headers=hdrs, timeout=3)

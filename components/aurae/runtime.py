@@ -36,7 +36,7 @@ from components.aurae.output_store import ProcessRecord
 from components.aurae.output_writer import ProcessOutput, QueueBudget
 from components.aurae.process import Limits, Outcome
 
-REPLY_MARGIN = 0.25         # s of the caller's deadline left for the answer to travel back
+REPLY_MARGIN = 0.5          # s of the caller's deadline left for the answer to travel back, even loaded
 MIN_TIMEOUT = 0.05
 KEPT_RECORDS = 4096          # ended processes remembered in memory (the stream keeps them longer)
 IMAGE_DEFAULT = "(the image's Entrypoint and Cmd)"
