@@ -64,8 +64,9 @@ async def ensure_replicas(client: Client, name: str, replicas: int, *, create: C
     """
     js = client.jetstream()
     info = await _answered(name, lambda: _existing(js, name, replicas, create))
-    if info is None:
-        return                                  # created just now, with `replicas` copies
+    if info is None:                            # created just now, with `replicas` copies
+        await _settle(js, name, replicas)       # on a cluster: until it has its leader
+        return
     have = _copies(info)
     target = max(have, replicas)
     if have > replicas:
@@ -198,12 +199,14 @@ def _report_kept(name: str, have: int, replicas: int) -> None:
 
 
 async def _settle(js: JetStreamContext, name: str, replicas: int, timeout: float = SETTLE_SECONDS) -> None:
-    """Wait until the scaled-up stream has a leader and every new copy is current, so the first
+    """Wait until a new or scaled-up stream has a leader and every copy is current, so the first
     request after setup does not meet a leader election; past `timeout` the copies go on catching
-    up by themselves, and setup goes on."""
+    up by themselves, and setup goes on. A server that is not clustered has nothing to wait for."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         cluster = (await js.stream_info(name)).cluster
+        if cluster is None:
+            return
         peers = (cluster.replicas or []) if cluster else []
         if cluster and cluster.leader and len(peers) >= replicas - 1 and all(p.current for p in peers):
             return
