@@ -483,7 +483,9 @@ async def run_mesatee_suite(world: World, name: str, site: str, examples: int, s
     traced = [redacted(line, world.secrets()) for line in logs.splitlines() if "Traceback" in line]
     assert not traced, "tracebacks in the logs:\n" + "\n".join(traced[:3])
     assert_quiet_logs(logs, caplog)
-    lines = assert_one_line_per_refusal(logs, answers)
+    # the TMS sweep failing a task that the internal suite (an authorised caller) set Running with a
+    # passed deadline: correct, and it may come during any later suite of this module
+    lines = assert_one_line_per_refusal(logs, answers, background=("lost task failed",))
     print(f"refusal lines per refused request (server-made ids): {dict(sorted(lines.items()))}")
     # last, so that the other properties are checked whatever this finds (and never print the secret)
     leaks = [line for secret in world.secrets() for line in lines_with(logs, secret)]
