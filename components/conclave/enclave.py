@@ -193,7 +193,7 @@ class Enclave(Component):
         try:
             await self.events.publish("mail", what, data)
         except Exception as exc:
-            self.log.warning("event not recorded", event=f"mail.{what}", error=str(exc) or type(exc).__name__)
+            self.log.warning("event not recorded", lost_event=f"mail.{what}", error=str(exc) or type(exc).__name__)
 
     # -- keys and state ---------------------------------------------------------------------------
 

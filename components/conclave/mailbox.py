@@ -34,5 +34,5 @@ class Mailboxes(Component):
             await self.events.publish("mail", "taken", {"enclave": self.config.enclave_name,
                                                         "mailbox": subjects.hint_token(hint), "bytes": len(taken.mail)})
         except Exception as exc:
-            self.log.warning("event not recorded", event="mail.taken", error=str(exc) or type(exc).__name__)
+            self.log.warning("event not recorded", lost_event="mail.taken", error=str(exc) or type(exc).__name__)
         return Outgoing(taken.mail, headers.OCTETS)
