@@ -11,6 +11,7 @@ import json
 import threading
 import time
 import uuid as uuidlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -320,7 +321,21 @@ async def test_agent_merges_drivers_reports_differences_and_keeps_health(tmp_pat
     assert len(conductor.of(config.host)) == 4
 
 
-async def test_a_flapping_device_recovers_only_after_clean_probes(tmp_path, start_component, connect_as):
+@dataclass
+class GpuHost:
+    """A host with the PCI driver, an agent (3 clean probes to recover) and a conductor stand-in,
+    and the GPU's config space to break and mend (`good` is as the tree made it)."""
+
+    config: Any
+    conductor: "ConductorStandIn"
+    agent: Agent
+    gateway: Requester
+    gpu: str
+    config_space: Path
+    good: bytes
+
+
+async def gpu_host(tmp_path: Path, start_component, connect_as) -> GpuHost:
     config = config_for(tmp_path, healthy_after=3)
     sysfs_tree(tmp_path / "sys")
     conductor = await start_component(ConductorStandIn)
@@ -328,9 +343,15 @@ async def test_a_flapping_device_recovers_only_after_clean_probes(tmp_path, star
     agent: Agent = await start_component(Agent, config=config)
     gateway = Requester(await connect_as("gateway"))
     await eventually(lambda: conductor.of(config.host))
-    gpu = device_uuid(config.host, GPU)
     config_space = next((tmp_path / "sys" / "devices").glob(f"**/{GPU}")) / "config"
-    good = config_space.read_bytes()
+    return GpuHost(config, conductor, agent, gateway, device_uuid(config.host, GPU), config_space,
+                   config_space.read_bytes())
+
+
+async def test_a_flapping_device_recovers_only_after_clean_probes(tmp_path, start_component, connect_as):
+    host = await gpu_host(tmp_path, start_component, connect_as)
+    config, conductor, agent, gateway, gpu, config_space, good = (
+        host.config, host.conductor, host.agent, host.gateway, host.gpu, host.config_space, host.good)
 
     def gpu_state() -> tuple[str, str]:
         entry = next(d for d in agent.current if d.uuid == gpu)
@@ -359,16 +380,9 @@ def transitions_of(conductor: ConductorStandIn, host: str, after: int = 0) -> li
 
 async def test_a_restarted_agent_holds_a_device_the_conductor_shows_unhealthy_until_clean_probes(
         tmp_path, start_component, connect_as):
-    config = config_for(tmp_path, healthy_after=3)
-    sysfs_tree(tmp_path / "sys")
-    conductor = await start_component(ConductorStandIn)
-    await start_component(PciDriver, config=config)
-    agent: Agent = await start_component(Agent, config=config)
-    gateway = Requester(await connect_as("gateway"))
-    await eventually(lambda: conductor.of(config.host))
-    gpu = device_uuid(config.host, GPU)
-    config_space = next((tmp_path / "sys" / "devices").glob(f"**/{GPU}")) / "config"
-    good = config_space.read_bytes()
+    host = await gpu_host(tmp_path, start_component, connect_as)
+    config, conductor, agent, gateway, gpu, config_space, good = (
+        host.config, host.conductor, host.agent, host.gateway, host.gpu, host.config_space, host.good)
     config_space.write_bytes(b"\xff" * 64)                          # fell off the bus
     await rediscover(gateway, agent)
     [failed] = [e for e in conductor.of(config.host)[-1]["changed"] if e["uuid"] == gpu]

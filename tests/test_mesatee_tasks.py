@@ -329,8 +329,8 @@ async def test_concurrent_approvals_are_all_kept(stack):
     assert sorted(f["file_id"] for f in info["input_files"]) == sorted(files.values())
 
 
-async def test_status_changes_are_events(stack, connect_as, users):
-    (user, token), _ = users
+async def task_events(connect_as) -> list[dict]:
+    """Every `events.mesatee.task.*` from now on, as they arrive (the list fills itself)."""
     watcher = await connect_as("admin")
     seen: list[dict] = []
 
@@ -339,6 +339,12 @@ async def test_status_changes_are_events(stack, connect_as, users):
 
     await watcher.subscribe("events.mesatee.task.>", cb=record)
     await watcher.flush()
+    return seen
+
+
+async def test_status_changes_are_events(stack, connect_as, users):
+    (user, token), _ = users
+    seen = await task_events(connect_as)
     created = await stack.call("mesatee-tms", {"type": "Create", "function_name": "echo", "collaborator_list": [],
                                                "files": [], "user_id": user, "user_token": token})
     await stack.call("mesatee-fns", invoke_body(created, "echo", "hi"))
@@ -391,14 +397,7 @@ async def test_a_long_psi_does_not_stall_other_requests(stack, users):
 
 
 async def test_two_invocations_at_once_run_the_task_once(stack, connect_as, users):
-    watcher = await connect_as("admin")
-    seen: list[dict] = []
-
-    async def record(msg) -> None:
-        seen.append(orjson.loads(msg.data))
-
-    await watcher.subscribe("events.mesatee.task.>", cb=record)
-    await watcher.flush()
+    seen = await task_events(connect_as)
     created = await psi_task(stack, users[0], users[1], (A + B + D + E, B + C + D))
     replies = await asyncio.gather(*(stack.post("mesatee-fns", invoke_body(created, "psi")) for _ in range(2)))
     statuses = sorted(status for status, _ in replies)
