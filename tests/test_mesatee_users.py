@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import io
 import itertools
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import aiohttp
 import orjson
 import pytest
-import structlog
 
 from bus import log
 from bus.component import Incoming
@@ -373,22 +370,11 @@ def test_a_new_token_never_looks_like_an_option():
 
 # -- `teebus users` and `teebus up [--demo]` through the command line ------------------------------------
 
-@contextlib.contextmanager
-def logging_kept() -> Iterator[None]:
-    """`teebus.cli.main` configures structlog for its process: put this test process's setting back."""
-    saved = structlog.get_config()
-    try:
-        yield
-    finally:
-        structlog.configure(**saved)
-
-
 async def teebus(capsys, *argv: str) -> tuple[int, str, str]:
     """`teebus ARGV` through teebus.cli.main (in a thread: it runs an event loop of its own): the exit
     status, stdout and stderr."""
     capsys.readouterr()
-    with logging_kept():
-        status = await asyncio.to_thread(teebus_main, list(argv))
+    status = await asyncio.to_thread(teebus_main, list(argv))   # conftest puts structlog back after
     out, err = capsys.readouterr()
     return status, out, err
 
