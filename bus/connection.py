@@ -7,7 +7,6 @@ import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import nats
 from nats.aio.client import Client
 from nats.errors import AuthorizationError
 
@@ -19,6 +18,7 @@ FIRST_CONNECT_TIMEOUT = 5.0
 # A server reloading its users (bus/users.py) may refuse a login for a moment: by default a refusal
 # is final only once it persists this long.
 AUTH_SETTLE_SECONDS = 1.0
+ABANDON_SECONDS = 0.5         # how long closing a client that never connected may take
 
 
 class BusConnectError(ConnectionError):
@@ -87,6 +87,7 @@ async def _connect_once(url: str, role: str, name: str | None, passwords: dict[s
                         options: dict) -> Client:
     connected = False
     last_error: list[BaseException] = []
+    name = name or f"teebus-{role}"
 
     async def on_error(exc: Exception) -> None:
         if not connected:
@@ -96,17 +97,33 @@ async def _connect_once(url: str, role: str, name: str | None, passwords: dict[s
             return
         _log.warning("nats connection error", client=name, error=str(exc))
 
-    settings = dict(name=name or f"teebus-{role}", connect_timeout=2, max_reconnect_attempts=-1,
+    settings = dict(name=name, connect_timeout=2, max_reconnect_attempts=-1,
                     reconnect_time_wait=0.25, error_cb=on_error, inbox_prefix=inbox_prefix(role),
                     **role_login(url, role, passwords))
     settings.update(options)
+    client = Client()
     try:
-        client = await asyncio.wait_for(nats.connect(server_urls(url), **settings), FIRST_CONNECT_TIMEOUT)
-    except asyncio.TimeoutError:
-        reason = last_error[0] if last_error else "no answer"
-        raise BusConnectError(f"cannot reach NATS at {_display(url)} as {role!r}: {reason}") from None
-    except ssl.SSLError as exc:
-        raise BusConnectError(f"cannot reach NATS at {_display(url)} as {role!r} over TLS ({exc.reason or exc}): "
-                              "does the data directory hold the cluster's CA, nats/tls/ca.crt?") from None
+        await asyncio.wait_for(client.connect(server_urls(url), **settings), FIRST_CONNECT_TIMEOUT)
+    except BaseException as exc:
+        # a first connection that failed must not go on reconnecting in the background
+        await _abandon(client)
+        if isinstance(exc, asyncio.TimeoutError):
+            reason = last_error[0] if last_error else "no answer"
+            raise BusConnectError(f"cannot reach NATS at {_display(url)} as {role!r}: {reason}") from None
+        if isinstance(exc, ssl.SSLError):
+            raise BusConnectError(f"cannot reach NATS at {_display(url)} as {role!r} over TLS "
+                                  f"({exc.reason or exc}): does the data directory hold the cluster's CA, "
+                                  "nats/tls/ca.crt?") from None
+        raise
     connected = True
     return client
+
+
+async def _abandon(client: Client) -> None:
+    """Close a client whose first connection failed. Its state is CLOSED and its tasks cancelled
+    at once; the rest may wait on a transport that never finishes closing (a TLS handshake the
+    server refused: nats-py then waits forever), which is not worth waiting for."""
+    try:
+        await asyncio.wait_for(client.close(), ABANDON_SECONDS)
+    except Exception:
+        pass

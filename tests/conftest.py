@@ -4,7 +4,9 @@ plus the kernel tests' own; connections, components and nodes per test, cleaned 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import weakref
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -39,6 +41,36 @@ def logging_restored() -> Iterator[None]:
     saved = structlog.get_config()
     yield
     structlog.configure(**saved)
+
+
+# Every NATS client made in this process, so `connections_closed` can find the ones left behind
+# (nats-py keeps no such list; wrapping its constructor is the one way in, and only in tests).
+_CLIENTS: "weakref.WeakSet[Client]" = weakref.WeakSet()
+_client_init = Client.__init__
+
+
+def _registered_init(self: Client, *args, **kwargs) -> None:
+    _client_init(self, *args, **kwargs)
+    _CLIENTS.add(self)
+
+
+Client.__init__ = _registered_init
+
+
+@pytest.fixture(autouse=True, scope="module")
+async def connections_closed(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """A test module closes every NATS connection it opened whose server it stops: one left open
+    reconnects forever, and its warnings land in later modules' logs (a hostile suite, which
+    allows no warning, then fails for another module's leak). Close it and fail the module."""
+    before = set(_CLIENTS)
+    yield
+    leaked = [client for client in _CLIENTS
+              if client not in before and not client.is_closed and not client.is_connected]
+    names = [str(client.options.get("name")) for client in leaked]
+    for client in leaked:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.close(), 1.0)    # a TLS transport may never finish closing
+    assert not leaked, f"{request.module.__name__} left NATS connections open to a server gone: {names}"
 
 
 @pytest.fixture(scope="session")

@@ -228,6 +228,18 @@ async def test_bad_inputs_fail_with_a_reason(pool, tmp_path, case):
     assert reason in str(caught.value)
 
 
+@pytest.mark.parametrize("size", [0, 32, 3 * (1 << 20) + 5])     # empty; one record; a mapped buffer
+def test_an_input_decrypts_in_place_to_its_plaintext(tmp_path, size):
+    """files.decrypt opens the ciphertext in its own buffer (an exact overlap, which OpenSSL allows):
+    a `cryptography` that read ahead of what it wrote, or refused the overlap, fails here."""
+    plaintext = os.urandom(size)
+    file = put(tmp_path, "user1", "f1", plaintext)
+    sealed = files.read_ciphertext(file)
+    opened = files.decrypt(file, sealed)
+    assert bytes(opened) == plaintext and len(sealed) == size + files.TAG_BYTES
+    assert bytes(files.read_input(file)) == plaintext
+
+
 def test_outputs_are_sealed_and_replace_atomically(tmp_path, monkeypatch):
     """The final path holds the old file or the whole new one: the new one is complete (it
     decrypts) before the rename that makes it visible."""

@@ -7,6 +7,7 @@ import stat
 
 import orjson
 import pytest
+from nats.aio.client import Client
 
 from bus import credentials, server, users
 from bus.connection import BusConnectError, connect
@@ -77,6 +78,29 @@ async def test_unreachable_server_fails_fast(monkeypatch):
     monkeypatch.setattr("bus.connection.FIRST_CONNECT_TIMEOUT", 1.0)
     with pytest.raises(BusConnectError, match="cannot reach NATS"):
         await connect(f"nats://127.0.0.1:{free_port()}", "observer", passwords={"observer": "x"})
+
+
+async def test_a_failed_first_connection_leaves_no_client_behind(tmp_path, monkeypatch):
+    """Refused or unreachable, the half-made client is closed: it would otherwise live on."""
+    monkeypatch.setattr("bus.connection.FIRST_CONNECT_TIMEOUT", 1.0)
+    made: list[Client] = []
+
+    class Counted(Client):
+        def __init__(self) -> None:
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr("bus.connection.Client", Counted)
+    running = EmbeddedServer(CONF, tmp_path, port=free_port())
+    await running.start()
+    try:
+        with pytest.raises(BusConnectError, match="wrong credentials"):
+            await connect(running.url, "observer", passwords={"observer": "guess"}, auth_settle=0)
+        with pytest.raises(BusConnectError, match="cannot reach NATS"):
+            await connect(f"nats://127.0.0.1:{free_port()}", "observer", passwords={"observer": "x"})
+        assert len(made) == 2 and all(client.is_closed for client in made)
+    finally:
+        await running.stop()
 
 
 @pytest.mark.parametrize("name", [credentials.FILE_NAME, "internal.token"])
