@@ -49,7 +49,7 @@ def run(invocation: Invocation) -> Outcome:
     return Outcome(RESULT, bitmaps)
 
 
-def read_records(file: InputFile) -> files.Buffer:
+def read_records(file: InputFile) -> files.Plaintext:
     """The verified plaintext of `file`, which must be a whole number of records."""
     plaintext = files.read_input(file)
     if len(plaintext) % RECORD_BYTES:
@@ -58,7 +58,7 @@ def read_records(file: InputFile) -> files.Buffer:
     return plaintext
 
 
-def intersect(first: files.Buffer | bytes, second: files.Buffer | bytes) -> tuple[bytes, bytes]:
+def intersect(first: files.Plaintext | bytes, second: files.Plaintext | bytes) -> tuple[bytes, bytes]:
     """The two bitmaps: byte i of each is 1 if record i of that side is also in the other side."""
     swapped = len(first) > len(second)
     small, large = (second, first) if swapped else (first, second)
@@ -70,6 +70,6 @@ def intersect(first: files.Buffer | bytes, second: files.Buffer | bytes) -> tupl
     return (in_large, in_small) if swapped else (in_small, in_large)
 
 
-def _records(data: files.Buffer | bytes) -> Iterator[bytes]:
+def _records(data: files.Plaintext | bytes) -> Iterator[bytes]:
     """Each 32-byte record of `data` as a new bytes object, one at a time."""
     return map(_first, _RECORD.iter_unpack(data))
