@@ -115,9 +115,9 @@ async def test_committed_recording_replays_green(replay_into_fresh_conductor):
     report.assert_green()
     assert (report.exchanges, report.component_exchanges_recorded, report.component_exchanges_replayed,
             report.events_recorded, report.events_replayed) == (len(DRIVEN), 0, 0, len(EVENTS), len(EVENTS))
-    after = _reply(_driven(report.replayed)[AFTER]).json_view()["hardware"]
+    after = report.replies[AFTER].json_view()["hardware"]
     assert [(e["uuid"], e["teebus"]["health"]) for e in after] == [(CRYPTO["uuid"], "Unhealthy")]
-    agents = _reply(_driven(report.replayed)[AGENT_LIST]).json_view()["agents"]
+    agents = report.replies[AGENT_LIST].json_view()["agents"]
     recorded_agents = _reply(_driven(recording)[AGENT_LIST]).json_view()["agents"]
     assert agents[0]["registered"] != recorded_agents[0]["registered"], "a fresh conductor registers anew"
 

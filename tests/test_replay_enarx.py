@@ -164,7 +164,7 @@ async def test_committed_recording_replays_green(replay_into_fresh_keepmgr):
     proof = _value(_reply(driven[EVIDENCE]))["evidence"]
     assert report.bindings.forward[proof["measurement"]] == evidence.measurement(), \
         "the replayed keep measures this code"
-    result = _value(_reply(_driven(report.replayed)[WORKLOAD]))
+    result = _value(report.replies[WORKLOAD])
     assert {name: result[name] for name in ECHOED} == ECHOED
 
 

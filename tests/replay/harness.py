@@ -96,6 +96,7 @@ class ReplayReport:
     replayed: Recording | None = None
     component_exchanges_recorded: int = 0
     component_exchanges_replayed: int = 0
+    replies: list[Message | None] = field(default_factory=list)   # as the driver got them, in order
 
     @property
     def ok(self) -> bool:
@@ -270,6 +271,7 @@ class Replayer:
         self.timeout = timeout
         self.after_reply = after_reply
         self.sent_request_ids: set[str] = set()
+        self.replies: list[Message | None] = []
 
     async def exchange(self, exchange: Exchange) -> None:
         request = exchange.request
@@ -277,8 +279,10 @@ class Replayer:
         if hdr.PAYLOAD_REF in request.headers:
             self.checker.differ(place, "request", "payload in the payload stream", _MISSING,
                                 "such payloads are consumed on delivery: record with smaller payloads")
+            self.replies.append(None)
             return
         replayed = await self._send(request)
+        self.replies.append(replayed)
         if exchange.reply is None or replayed is None:
             if exchange.reply is not replayed:
                 self.checker.differ(place, "(the whole reply)", _summary(exchange.reply), _summary(replayed))
@@ -431,7 +435,7 @@ async def replay(recording: Recording, client: Client, observer: Client, normali
     compare_events(checker, recorded_events, replayed_events)
     return ReplayReport(recording.scenario, len(driven), len(recorded_events), len(replayed_events),
                         checker.differences, checker.bindings, watcher.recording,
-                        len(recorded_internal), len(replayed_internal))
+                        len(recorded_internal), len(replayed_internal), replayer.replies)
 
 
 def _request_ids(exchanges: list[Exchange]) -> set[str]:
