@@ -21,7 +21,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from bus import streams
+from bus import outages, streams
 from bus.kv_watch import KEYS_TIMEOUT, InitialValues
 from bus.errors import Conflict, NotFound
 
@@ -105,7 +105,7 @@ class Records(Generic[V]):
 
     async def get(self, key: str) -> Record[V]:
         try:
-            entry = await self._kv.get(key)
+            entry = await outages.patiently(lambda: self._kv.get(key))
         except KeyNotFoundError:
             raise NotFound(f"{key} not found") from None
         return Record(key, self._load(entry.value), entry.revision)
@@ -127,7 +127,8 @@ class Records(Generic[V]):
     async def create(self, key: str, value: V) -> Record[V]:
         """Store a new record; Conflict if the key already exists."""
         try:
-            revision = await self._kv.create(key, self._dump(value))
+            data = self._dump(value)
+            revision = await outages.patiently(lambda: self._kv.create(key, data))
         except KeyWrongLastSequenceError:
             raise Conflict(f"{key} already exists") from None
         return self._remember(Record(key, value, revision))
@@ -135,7 +136,8 @@ class Records(Generic[V]):
     async def update(self, key: str, value: V, revision: int) -> Record[V]:
         """Replace a record only if it is still at `revision`; Conflict otherwise."""
         try:
-            new_revision = await self._kv.update(key, self._dump(value), last=revision)
+            data = self._dump(value)
+            new_revision = await outages.patiently(lambda: self._kv.update(key, data, last=revision))
         except KeyWrongLastSequenceError:
             raise Conflict(f"{key} changed concurrently (expected revision {revision})") from None
         return self._remember(Record(key, value, new_revision))
@@ -143,7 +145,7 @@ class Records(Generic[V]):
     async def delete(self, key: str, revision: int) -> None:
         """Delete a record only if it is still at `revision`; Conflict otherwise."""
         try:
-            await self._kv.delete(key, last=revision)
+            await outages.patiently(lambda: self._kv.delete(key, last=revision))
         except APIError as exc:
             if exc.err_code in _WRONG_LAST_SEQUENCE:
                 raise Conflict(f"{key} changed concurrently (expected revision {revision})") from None

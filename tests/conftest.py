@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
+import warnings
 import weakref
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, Iterator
@@ -43,34 +45,57 @@ def logging_restored() -> Iterator[None]:
     structlog.configure(**saved)
 
 
-# Every NATS client made in this process, so `connections_closed` can find the ones left behind
-# (nats-py keeps no such list; wrapping its constructor is the one way in, and only in tests).
-_CLIENTS: "weakref.WeakSet[Client]" = weakref.WeakSet()
+# Every NATS client made in this process and the test that made it, so `connections_closed` can
+# find the ones left behind (nats-py keeps no such list; wrapping its constructor is the one way
+# in, and only in tests).
+_CLIENTS: "weakref.WeakKeyDictionary[Client, str]" = weakref.WeakKeyDictionary()
 _client_init = Client.__init__
 
 
 def _registered_init(self: Client, *args, **kwargs) -> None:
     _client_init(self, *args, **kwargs)
-    _CLIENTS.add(self)
+    _CLIENTS[self] = os.environ.get("PYTEST_CURRENT_TEST", "(no test)")
 
 
 Client.__init__ = _registered_init
+
+
+def _server_gone(client: Client) -> bool:
+    """Is the client's server gone? A client may not have noticed yet: its server is asked."""
+    url = client.connected_url
+    if not client.is_connected or url is None:
+        return True
+    try:
+        socket.create_connection((url.hostname, url.port), timeout=0.5).close()
+    except OSError:
+        return True
+    return False
+
+
+async def _close_stray(clients: list[Client]) -> list[str]:
+    """Close clients whose server is gone; who made each."""
+    made_by = [f"{client.options.get('name')} (made by {_CLIENTS.get(client)})" for client in clients]
+    for client in clients:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.close(), 1.0)    # a TLS transport may never finish closing
+    return made_by
 
 
 @pytest.fixture(autouse=True, scope="module")
 async def connections_closed(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     """A test module closes every NATS connection it opened whose server it stops: one left open
     reconnects forever, and its warnings land in later modules' logs (a hostile suite, which
-    allows no warning, then fails for another module's leak). Close it and fail the module."""
-    before = set(_CLIENTS)
+    allows no warning, then fails for another module's leak). Such a connection fails its module;
+    one found only later (its server stopped after its module ended) is closed before the next
+    module starts, with a warning naming the test that made it."""
+    before = [client for client in list(_CLIENTS) if not client.is_closed]
+    earlier = await _close_stray([client for client in before if _server_gone(client)])
+    for stray in earlier:
+        warnings.warn(f"a NATS connection reconnecting to a server gone, closed: {stray}", ResourceWarning)
     yield
-    leaked = [client for client in _CLIENTS
-              if client not in before and not client.is_closed and not client.is_connected]
-    names = [str(client.options.get("name")) for client in leaked]
-    for client in leaked:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.close(), 1.0)    # a TLS transport may never finish closing
-    assert not leaked, f"{request.module.__name__} left NATS connections open to a server gone: {names}"
+    own = [client for client in list(_CLIENTS) if client not in before and not client.is_closed]
+    leaked = await _close_stray([client for client in own if _server_gone(client)])
+    assert not leaked, f"{request.module.__name__} left NATS connections open to a server gone: {leaked}"
 
 
 @pytest.fixture(scope="session")

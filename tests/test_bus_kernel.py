@@ -8,11 +8,13 @@ import os
 from pathlib import Path
 
 import cbor2
+import nats.errors
 import orjson
 import pytest
 from hypothesis import given, settings, strategies as st
+from nats.js import errors as js_errors
 
-from bus import codec, events, headers, payloads
+from bus import codec, events, headers, outages, payloads
 from bus.component import Component, Context, Endpoint, Incoming, Outgoing
 from bus.errors import BadRequest, Conflict, NoResponders, NotFound, Timeout, Unavailable, Unprocessable
 from bus.records import Records
@@ -118,6 +120,41 @@ async def test_a_request_waits_a_moment_for_a_component_that_is_resubscribing(co
     with pytest.raises(NoResponders):
         await requester.request("kerneltest.nobody.here", {})
     assert 0.5 < asyncio.get_running_loop().time() - began < 3.0    # the 0.6 s grace, not the 5 s timeout
+
+
+async def test_a_storage_call_that_found_no_leader_is_tried_again_for_a_moment():
+    """outages.patiently: a write no server took (no leader during an election) is retried until
+    it is taken or the patience runs out; a timeout, which may have been stored, never is."""
+    answers = [js_errors.NoStreamResponseError(), nats.errors.NoRespondersError(), 7]
+
+    async def election_then_answer() -> int:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert await outages.patiently(election_then_answer) == 7 and answers == []
+
+    tries = []
+
+    async def timing_out() -> None:
+        tries.append(1)
+        raise nats.errors.TimeoutError()
+
+    with pytest.raises(nats.errors.TimeoutError):
+        await outages.patiently(timing_out)
+    assert len(tries) == 1
+
+    async def no_leader_ever() -> None:
+        tries.append(1)
+        raise js_errors.NoStreamResponseError()
+
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(js_errors.NoStreamResponseError):
+        await outages.patiently(no_leader_ever, patience=0.5)
+    waited = asyncio.get_running_loop().time() - started
+    assert 0.3 <= waited < 0.5 + 1.0 and len(tries) > 3     # bounded (with room for a loaded machine)
+    assert isinstance(outages.as_bus_error(js_errors.NoStreamResponseError()), Unavailable)
 
 
 async def test_errors_come_back_typed(start_component, connect_as):
