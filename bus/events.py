@@ -9,7 +9,7 @@ import orjson
 from nats.aio.client import Client
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
-from bus import headers, log, streams
+from bus import headers, log, outages, streams
 
 STREAM = "EVENTS"
 SUBJECTS = "events.>"
@@ -62,5 +62,6 @@ class Events:
         request_id = log.current_request_id()
         if request_id:
             hdrs[headers.REQUEST_ID] = request_id
-        await self._js.publish(subject(self._system, entity, what), orjson.dumps(body), headers=hdrs)
+        encoded = orjson.dumps(body)
+        await outages.patiently(lambda: self._js.publish(subject(self._system, entity, what), encoded, headers=hdrs))
         self._log.debug("event", subject=subject(self._system, entity, what))
