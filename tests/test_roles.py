@@ -13,6 +13,7 @@ import pytest
 from bus import log, payloads, roles
 from bus.errors import BusError
 from bus.requester import Requester
+from components.conclave import subjects as conclave_subjects
 from components.enarx import keep_access
 from components.mesatee import subjects as mesatee
 from components.mesatee.kms import KmsComponent
@@ -158,7 +159,8 @@ def test_bus_sub_says_when_a_subject_is_an_admins_to_watch(subject, refused, cap
 # -- credentials in transit: a manifest's secret_subjects are admin's to watch --------------------------------
 
 SECRET = [mesatee.tms("create"), mesatee.tms("*"), mesatee.tdfs("get"), f"{mesatee.SYSTEM}.tdfs.file.>",
-          mesatee.TDFS_ACCESS, mesatee.FNS_INVOKE]
+          mesatee.TDFS_ACCESS, mesatee.FNS_INVOKE, conclave_subjects.deliver("hello-world"),
+          conclave_subjects.poll("hello-world"), conclave_subjects.poll("*")]
 
 
 def test_the_mesatee_manifest_declares_its_credential_carrying_subjects():
@@ -167,6 +169,17 @@ def test_the_mesatee_manifest_declares_its_credential_carrying_subjects():
     assert set(MANIFEST.secret_subjects) == {mesatee.tms("*"), mesatee.tdfs("*"), mesatee.FNS_INVOKE}
     observer = next(role for role in roles.all_roles([MANIFEST]) if role.name == roles.OBSERVER)
     assert set(MANIFEST.secret_subjects) <= set(observer.permissions["subscribe"]["deny"])
+
+
+def test_the_conclave_manifest_hides_correlation_ids_from_observers():
+    """Whoever knows a Correlation-ID can poll that mailbox (and take its mail): the deliver and poll
+    requests carry it, so they are admin's to watch; attestation is not secret."""
+    from components.conclave.system import MANIFEST
+
+    assert set(MANIFEST.secret_subjects) == {conclave_subjects.deliver("*"), conclave_subjects.poll("*")}
+    observer = next(role for role in roles.all_roles([MANIFEST]) if role.name == roles.OBSERVER)
+    assert set(MANIFEST.secret_subjects) <= set(observer.permissions["subscribe"]["deny"])
+    assert conclave_subjects.attestation("*") not in observer.permissions["subscribe"]["deny"]
 
 
 def test_a_manifest_may_declare_only_its_own_subjects_secret():

@@ -2,7 +2,7 @@
 
 from bus.manifest import AdapterSpec, ComponentSpec, Manifest
 from components.conclave.config import ConclaveConfig
-from components.conclave.subjects import SYSTEM
+from components.conclave.subjects import SYSTEM, deliver, poll
 
 KDS_SEALING_KEY_FILE = "conclave/kds.sealing.key"   # seals the KDS master secrets, alike on every machine
 
@@ -18,5 +18,7 @@ MANIFEST = Manifest(
     buckets=("conclave_kds",),
     shared_keys=(KDS_SEALING_KEY_FILE,),
     streams=("CONCLAVE_MAIL",),
+    # a mail's and a poll's Correlation-ID (a bus header) is all it takes to poll that mailbox empty
+    secret_subjects=(deliver("*"), poll("*")),
     verbs="components.conclave.cli:register",
 )
