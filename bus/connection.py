@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -103,27 +104,25 @@ async def _connect_once(url: str, role: str, name: str | None, passwords: dict[s
     settings.update(options)
     client = Client()
     try:
-        await asyncio.wait_for(client.connect(server_urls(url), **settings), FIRST_CONNECT_TIMEOUT)
-    except BaseException as exc:
-        # a first connection that failed must not go on reconnecting in the background
-        await _abandon(client)
-        if isinstance(exc, asyncio.TimeoutError):
-            reason = last_error[0] if last_error else "no answer"
-            raise BusConnectError(f"cannot reach NATS at {_display(url)} as {role!r}: {reason}") from None
-        if isinstance(exc, ssl.SSLError):
-            raise BusConnectError(f"cannot reach NATS at {_display(url)} as {role!r} over TLS "
-                                  f"({exc.reason or exc}): does the data directory hold the cluster's CA, "
-                                  "nats/tls/ca.crt?") from None
-        raise
+        await _first_connection(client, server_urls(url), settings)
+    except asyncio.TimeoutError:
+        reason = last_error[0] if last_error else "no answer"
+        raise BusConnectError(f"cannot reach NATS at {_display(url)} as {role!r}: {reason}") from None
+    except ssl.SSLError as exc:
+        raise BusConnectError(f"cannot reach NATS at {_display(url)} as {role!r} over TLS ({exc.reason or exc}): "
+                              "does the data directory hold the cluster's CA, nats/tls/ca.crt?") from None
     connected = True
     return client
 
 
-async def _abandon(client: Client) -> None:
-    """Close a client whose first connection failed. Its state is CLOSED and its tasks cancelled
-    at once; the rest may wait on a transport that never finishes closing (a TLS handshake the
-    server refused: nats-py then waits forever), which is not worth waiting for."""
+async def _first_connection(client: Client, urls: list[str], settings: dict) -> None:
+    """`client.connect`, closing the client when it fails: it would go on reconnecting in the
+    background. The close is bounded: its state is CLOSED and its tasks cancelled at once, but the
+    rest may wait on a transport that never finishes closing (a TLS handshake the server refused:
+    nats-py then waits forever)."""
     try:
-        await asyncio.wait_for(client.close(), ABANDON_SECONDS)
-    except Exception:
-        pass
+        await asyncio.wait_for(client.connect(urls, **settings), FIRST_CONNECT_TIMEOUT)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.close(), ABANDON_SECONDS)
+        raise

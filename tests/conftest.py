@@ -88,7 +88,7 @@ async def connections_closed(request: pytest.FixtureRequest) -> AsyncIterator[No
     allows no warning, then fails for another module's leak). Such a connection fails its module;
     one found only later (its server stopped after its module ended) is closed before the next
     module starts, with a warning naming the test that made it."""
-    before = [client for client in list(_CLIENTS) if not client.is_closed]
+    before = {client for client in list(_CLIENTS) if not client.is_closed}
     earlier = await _close_stray([client for client in before if _server_gone(client)])
     for stray in earlier:
         warnings.warn(f"a NATS connection reconnecting to a server gone, closed: {stray}", ResourceWarning)

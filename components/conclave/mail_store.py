@@ -20,7 +20,7 @@ from nats.js.client import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
 
-from bus import headers, log, streams
+from bus import headers, log, outages, streams
 from bus.errors import Unavailable
 from components.conclave import subjects
 from components.conclave.config import ConclaveConfig
@@ -49,9 +49,9 @@ async def store(client: Client, enclave: str, routing_hint: str, mail: bytes) ->
     """Queue `mail` for `routing_hint`; returns once the stream has it on disk."""
     request_id = log.current_request_id()
     try:
-        await client.jetstream().publish(subjects.stored_mail(enclave, routing_hint), mail,
-                                         stream=subjects.MAIL_STREAM,
-                                         headers={headers.REQUEST_ID: request_id} if request_id else None)
+        await outages.patiently(lambda: client.jetstream().publish(
+            subjects.stored_mail(enclave, routing_hint), mail, stream=subjects.MAIL_STREAM,
+            headers={headers.REQUEST_ID: request_id} if request_id else None))
     except APIError as exc:
         if exc.err_code == _MAILBOX_FULL:
             raise Unavailable("the mailbox of this Correlation-ID already holds the most mails it may; "
