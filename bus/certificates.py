@@ -93,9 +93,7 @@ def write_new_pair(cert_path: Path, cert: x509.Certificate, key_path: Path, key:
     over an existing file), then its key; a failure in between removes the certificate."""
     write_durably(cert_path, cert_pem(cert), 0o644, overwrite=False)
     try:
-        if key_path.exists():
-            raise FileExistsError(f"{key_path} already exists; it is left as it was")
-        write_private(key_path, key_pem(key))
+        write_durably(key_path, key_pem(key), 0o600, overwrite=False)
     except BaseException:
         cert_path.unlink(missing_ok=True)
         raise

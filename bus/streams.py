@@ -207,8 +207,8 @@ async def _settle(js: JetStreamContext, name: str, replicas: int, timeout: float
         cluster = (await js.stream_info(name)).cluster
         if cluster is None:
             return
-        peers = (cluster.replicas or []) if cluster else []
-        if cluster and cluster.leader and len(peers) >= replicas - 1 and all(p.current for p in peers):
+        peers = cluster.replicas or []
+        if cluster.leader and len(peers) >= replicas - 1 and all(p.current for p in peers):
             return
         await asyncio.sleep(0.1)
     _log.info("stream copies still catching up", stream=name, replicas=replicas, waited=timeout)

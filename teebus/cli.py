@@ -225,7 +225,7 @@ async def dispatch(args: argparse.Namespace, catalog: Catalog, settings: Setting
         since = tools.parse_since(args.since) if args.since else None
         return await _with_client(settings, "observer", lambda c: _exported(c, since, args))
     if args.command == "bus" and args.bus_command == "sub":
-        if not args.admin and _needs_admin(args.subject):
+        if not args.admin and _needs_admin(args.subject, catalog.systems):
             print(f"teebus: {args.subject} may carry replies, internal traffic, stored state or credentials, which "
                   "the observer role never sees; looking at it is an admin's act: add --admin", file=sys.stderr)
             return 2

@@ -34,6 +34,7 @@ from components.conclave.constraints import EnclaveConstraint
 from components.conclave.kds import KDS_CODE_HASH, Kds, _load_or_create
 from components.conclave.kds_client import (KdsBadReply, KdsRefused, KdsUnavailable, fetch_private_key,
                                             fetch_public_key)
+from tests.local_http import serve_locally
 
 SPKI_X25519 = bytes.fromhex("302a300506032b656e032100")
 DOC_SIGNER = "4924CA3A9C8241A3C0AA1A24A407AA86401D2B79FA9FF84932DA798A942166D4"
@@ -357,10 +358,8 @@ async def test_fetch_rejects_replies_that_prove_nothing(kds_url):
     app = web.Application()
     app.router.add_post("/{case}/public", handler)
     app.router.add_post("/{case}/private", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
     port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner = await serve_locally(app, port)
     fake = f"http://127.0.0.1:{port}"
     spec = dict(name="MasterKeyForTesting", master_key_type=0, policy_constraint=POLICY, timeout=5)
     try:

@@ -32,6 +32,7 @@ from components.cyborg.external_driver import MAX_BODY, MAX_DEPTH
 from components.cyborg.hardware import HEALTHY, UNHEALTHY, Device, device_uuid, to_seed_json
 from components.cyborg.health import VANISHED
 from tests.conftest import eventually, internal_token
+from tests.local_http import serve_locally
 from tests.test_cyborg_discovery import SEED_EXAMPLE, FakeNVML, add_function, fake_gpus
 
 GPU, FPGA, NVME, BRIDGE = "0000:3b:00.0", "0000:5e:00.0", "0000:d8:00.0", "0000:3a:00.0"
@@ -585,9 +586,7 @@ class ExternalDriver:
         app = web.Application()
         app.router.add_post("/discovery", self.discovery)
         app.router.add_get("/hardware", self.hardware)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        self.runner = await serve_locally(app, self.port)
 
     async def stop(self) -> None:
         await self.runner.cleanup()
@@ -767,9 +766,7 @@ class MisbehavingDriver:
         app.router.add_post("/discovery", self.discovery)
         app.router.add_get("/hardware", self.hardware)
         app.router.add_get("/elsewhere/hardware", self.other)
-        self.runner = web.AppRunner(app, shutdown_timeout=1.0)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        self.runner = await serve_locally(app, self.port, shutdown_timeout=1.0)
 
     async def stop(self) -> None:
         if self.runner is not None:

@@ -43,6 +43,7 @@ from teebus.catalog import Catalog
 from teebus.launcher import Node
 from teebus.testing import settings_for
 from tests.conftest import eventually, internal_token
+from tests.local_http import serve_locally
 from tests.test_cyborg_discovery import SEED_EXAMPLE, add_function
 
 pytestmark = pytest.mark.timeout(90)
@@ -119,9 +120,7 @@ class ExternalDriver:
         app = web.Application()
         app.router.add_post("/discovery", self.discovery)
         app.router.add_get("/hardware", self.hardware)
-        self.runner = web.AppRunner(app, shutdown_timeout=2.0)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        self.runner = await serve_locally(app, self.port, shutdown_timeout=2.0)
 
     async def stop(self) -> None:
         self.wake.set()

@@ -316,6 +316,11 @@ class Agent(Component):
             await self.events.publish("driver", "silent", {"host": self.host, "driver": name,
                                                             "reason": state.problem})
 
+    def _seed_once(self, uuid: str) -> None:
+        """A device the conductor showed Unhealthy starts so in the book (see `_seeds`), once."""
+        if uuid in self._seeds and uuid not in self.book:
+            self.book.seed(uuid, self._seeds[uuid])
+
     def _settle(self, live: list[Device], held: list[Device], now: float) -> tuple[list[Device], list[Transition]]:
         """Merge and apply hysteresis: live devices are probed; a silent driver's `held` devices are
         reported as they were, unprobed; a device neither finds fails its probe until forgotten."""
@@ -325,8 +330,7 @@ class Agent(Component):
         changes: list[Transition] = []
         report: dict[str, Device] = {}
         for uuid, found in probes.items():
-            if uuid in self._seeds and uuid not in self.book:
-                self.book.seed(uuid, self._seeds[uuid])
+            self._seed_once(uuid)
             reasons = [device.health_reason for device in found if device.health != HEALTHY]
             change = self.book.observe(uuid, not reasons, "; ".join(reasons), now)
             if change is not None:
@@ -336,8 +340,7 @@ class Agent(Component):
             report[uuid] = self._smoothed(found[-1])
         for device in held:
             if device.uuid not in report:
-                if device.uuid in self._seeds and device.uuid not in self.book:
-                    self.book.seed(device.uuid, self._seeds[device.uuid])
+                self._seed_once(device.uuid)
                 self._last[device.uuid] = device
                 self._missing.pop(device.uuid, None)
                 report[device.uuid] = self._smoothed(device)

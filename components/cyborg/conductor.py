@@ -191,7 +191,7 @@ class Conductor(Component):
     async def _clear_stale(self, host: str) -> None:
         stale = [uuid for uuid in self.view.host_uuids(host) if self.view.devices[uuid].stale]
         if stale:
-            await self._each(stale, lambda uuid: self._write_device(uuid, _with_stale(host, False)))
+            await self._gather(stale, lambda uuid: self._write_device(uuid, _with_stale(host, False)))
 
     # -- the sweep -----------------------------------------------------------------------------
 
@@ -234,7 +234,7 @@ class Conductor(Component):
     async def _mark_stale(self, host: str) -> None:
         fresh = [uuid for uuid in self.view.host_uuids(host) if not self.view.devices[uuid].stale]
         if fresh:
-            await self._each(fresh, lambda uuid: self._write_device(uuid, _with_stale(host, True)))
+            await self._gather(fresh, lambda uuid: self._write_device(uuid, _with_stale(host, True)))
 
     async def _trim_tombstones(self) -> None:
         forget = self.view.oldest_tombstones(self.config.removed_kept)
@@ -275,10 +275,11 @@ class Conductor(Component):
             if uuid not in upserts and uuid not in removed and uuid not in mine:
                 raise BadRequest(f"a transition names device {uuid}, which host {report.host} does not have")
         touched = set(upserts) | removed | set(changes)
-        recorded: dict[str, list[HealthChange]] = {}      # uuid -> the transitions written, in order
-        await self._each(sorted(touched), lambda uuid: self._apply(report, uuid, upserts.get(uuid),
-                                                                   uuid in removed, changes.get(uuid, ()),
-                                                                   recorded))
+        order = sorted(touched)
+        written_per_device = await self._gather(order, lambda uuid: self._apply(
+            report, uuid, upserts.get(uuid), uuid in removed, changes.get(uuid, ())))
+        # uuid -> the transitions written, in order
+        recorded = {uuid: kept for uuid, kept in zip(order, written_per_device) if kept}
         for uuid, owner in sorted(refused.items()):
             self.log.warning("device refused: another host owns it", uuid=uuid, host=report.host, owner=owner)
             await self.events.publish("device", "conflict", {"uuid": uuid, "host": report.host, "owner": owner})
@@ -309,7 +310,8 @@ class Conductor(Component):
         return None
 
     async def _apply(self, report: Report, uuid: str, device: hardware.Device | None, remove: bool,
-                     changes: Iterable[HealthChange], recorded: dict[str, list[HealthChange]]) -> None:
+                     changes: Iterable[HealthChange]) -> list[HealthChange]:
+        """Write one device's part of a report; the health transitions written, in order."""
         history_limit = self.config.history_per_device
         changes = tuple(changes)
         host = report.host
@@ -333,9 +335,7 @@ class Conductor(Component):
 
         before, record = await self._write_device(uuid, upsert)
         if record is None:
-            return
-        if kept:
-            recorded[uuid] = list(kept)
+            return []
         dropped = [change for change in changes if not any(change is mine for mine in kept)]
         if dropped:
             self.log.info("reported health transitions that do not follow the health shown were dropped",
@@ -352,10 +352,11 @@ class Conductor(Component):
         elif before.get("entry") != record.value.get("entry"):
             what = "changed"
         else:
-            return                  # history or stale only: no device event
+            return kept             # history or stale only: no device event
         device_type = (device.device_type if device is not None else before["entry"]["acc_specs"]["device_type"])
         await self.events.publish("device", what, {"uuid": uuid, "host": host, "device_type": device_type,
                                                    "revision": record.revision})
+        return kept
 
     async def _write_device(self, uuid: str, change: Change) -> tuple[dict[str, Any] | None, Any]:
         """Compare-and-set one device record: `change(current or None)` gives the new value (None:
@@ -381,9 +382,6 @@ class Conductor(Component):
             self._written = max(self._written, written.revision)
             return current, written
         raise Conflict(f"device {uuid} is changing too fast: gave up after {MAX_CAS_ATTEMPTS} attempts")
-
-    async def _each(self, items: list[str], work: Callable[[str], Awaitable[Any]]) -> None:
-        await self._gather(items, work)
 
     async def _gather(self, items: list[str], work: Callable[[str], Awaitable[Any]]) -> list[Any]:
         """`work(item)` for every item, WRITERS at once; the results in the items' order."""
